@@ -1,0 +1,165 @@
+"""The optimisation: points from the fixed mask, Φ from the SIREN, NCC + α·regulariser, Adam.
+
+The loop keeps everything on the device: indices are drawn by the device's generator, the loss history is
+written into a device tensor, and the host reads it only every ``sync_every`` epochs (progress bar and the
+divergence guard) and at the end.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import objectives
+from .geometry import ImageGeometry, apply_affine, boxes_overlap, compose
+from .io import InputError
+
+HISTORY_TERMS = ("loss", "similarity", "regularization")
+
+
+class DivergenceError(RuntimeError):
+    """The loss became non-finite during optimisation."""
+
+
+@dataclass
+class PreparedPair:
+    """Tensors an optimisation needs, on one device.
+
+    Attributes:
+        fixed_geometry, moving_geometry: grids of the two images.
+        world_to_normalised: 4×4 float64, the network frame (fixed image's box).
+        normalised_to_moving_index: 4×4 float64, Φ's frame → moving voxel indices.
+        moving: ``(nz, ny, nx)`` moving intensities.
+        points: ``(M, 3)`` normalised coordinates of the fixed voxels inside the mask.
+        fixed_values: ``(M,)`` fixed intensities there.
+    """
+
+    fixed_geometry: ImageGeometry
+    moving_geometry: ImageGeometry
+    world_to_normalised: np.ndarray
+    normalised_to_moving_index: np.ndarray
+    moving: torch.Tensor
+    points: torch.Tensor
+    fixed_values: torch.Tensor
+
+    @property
+    def num_points(self) -> int:
+        return int(self.points.shape[0])
+
+
+def prepare_pair(fixed: sitk.Image, moving: sitk.Image, mask: Optional[sitk.Image], *,
+                 normalisation: str = "isotropic", device=torch.device("cpu"),
+                 dtype=torch.float32) -> PreparedPair:
+    """Validate a pair (overlap, non-constant intensities) and move what the loop needs to ``device``."""
+    fg, mg = ImageGeometry.from_sitk(fixed), ImageGeometry.from_sitk(moving)
+    if not boxes_overlap(fg, mg):
+        lo_f, hi_f = fg.world_extent_box()
+        lo_m, hi_m = mg.world_extent_box()
+        raise InputError("'fixed' and 'moving' do not overlap in world space (LPS mm): fixed spans "
+                         f"{np.round(lo_f, 1).tolist()}..{np.round(hi_f, 1).tolist()}, moving spans "
+                         f"{np.round(lo_m, 1).tolist()}..{np.round(hi_m, 1).tolist()}")
+    fixed_arr = sitk.GetArrayViewFromImage(fixed)
+    if mask is not None:
+        inside = np.flatnonzero(sitk.GetArrayViewFromImage(mask).ravel() > 0)
+    else:
+        inside = np.arange(fixed_arr.size)
+    fixed_values = np.asarray(fixed_arr).ravel()[inside]
+    if fixed_values.size < 2 or float(np.std(fixed_values)) == 0.0:
+        raise InputError("'fixed' is constant inside the mask: NCC is undefined for a constant image")
+    moving_arr = sitk.GetArrayFromImage(moving)
+    if float(np.std(moving_arr)) == 0.0:
+        raise InputError("'moving' is constant: NCC is undefined for a constant image")
+
+    w2n = fg.world_to_normalised(normalisation)
+    n2mi = compose(mg.world_to_index(), np.linalg.inv(w2n))
+    index_all = fg.voxel_grid_index(dtype=torch.float64)[torch.from_numpy(inside)]
+    points = apply_affine(fg.index_to_normalised(normalisation), index_all)
+    return PreparedPair(
+        fixed_geometry=fg, moving_geometry=mg, world_to_normalised=w2n, normalised_to_moving_index=n2mi,
+        moving=torch.as_tensor(moving_arr, dtype=dtype, device=device),
+        points=points.to(device=device, dtype=dtype),
+        fixed_values=torch.as_tensor(fixed_values, dtype=dtype, device=device),
+    )
+
+
+@dataclass
+class OptimResult:
+    history: np.ndarray  # (epochs, 3): loss, similarity, regularization
+    seconds: float
+    epochs_run: int
+
+
+def optimise(siren, pair: PreparedPair, backend, *, regularizer: Optional[str], alpha: float,
+             compat: Optional[str], epochs: int, batch_size: int, lr: float, seed: int,
+             progress: bool = False, sync_every: int = 50, log=None) -> OptimResult:
+    """Run ``epochs`` Adam steps of ``−NCC + α·R`` on random mask points; returns the loss history."""
+    device = pair.points.device
+    order = objectives.derivative_order(regularizer)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    opt = torch.optim.Adam(siren.parameters(), lr=lr)
+    n2mi = torch.as_tensor(pair.normalised_to_moving_index, dtype=pair.points.dtype, device=device)
+    lin, off = n2mi[:3, :3].T.contiguous(), n2mi[:3, 3].contiguous()
+    history = torch.zeros(epochs, len(HISTORY_TERMS), dtype=pair.points.dtype, device=device)
+    batch = min(int(batch_size), pair.num_points)
+    full_batch = batch == pair.num_points
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc=f"IDIR {regularizer or 'no-reg'} [{backend.name}]", unit="epoch",
+                   dynamic_ncols=True, leave=True)
+    t0 = time.perf_counter()
+    epoch = 0
+    try:
+        for epoch in range(epochs):
+            if full_batch:
+                x, f = pair.points, pair.fixed_values
+            else:
+                idx = torch.randperm(pair.num_points, generator=gen, device=device)[:batch]
+                x, f = pair.points[idx], pair.fixed_values[idx]
+            d = backend.derivatives(siren, x, order)
+            m = backend.sample(pair.moving, d.phi @ lin + off)
+            similarity = -objectives.ncc(f, m, compat)
+            if regularizer is None:
+                reg = torch.zeros((), dtype=similarity.dtype, device=device)
+                loss = similarity
+            else:
+                reg = objectives.regularization(regularizer, d.J, d.H6, compat)
+                loss = similarity + alpha * reg
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history[epoch] = torch.stack([loss.detach(), similarity.detach(), reg.detach()])
+            if (epoch + 1) % sync_every == 0 or epoch + 1 == epochs:
+                _check_and_report(history, epoch, bar, sync_every, log)
+    finally:
+        if bar is not None:
+            bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return OptimResult(history=history.cpu().numpy(), seconds=time.perf_counter() - t0, epochs_run=epochs)
+
+
+def _check_and_report(history, epoch, bar, sync_every, log):
+    recent = history[max(0, epoch + 1 - sync_every): epoch + 1].cpu()  # the loop's only host sync
+    if not torch.isfinite(recent).all():
+        bad = int(torch.nonzero(~torch.isfinite(recent).all(dim=1))[0, 0]) + max(0, epoch + 1 - sync_every)
+        raise DivergenceError(f"the loss became non-finite at epoch {bad}; lower 'lr' or 'alpha' "
+                              f"(last finite values: {history[max(0, bad - 1)].tolist()})")
+    last = recent[-1].tolist()
+    if bar is not None:
+        bar.set_postfix(loss=f"{last[0]:.4f}", ncc=f"{-last[1]:.4f}", reg=f"{last[2]:.3g}", refresh=False)
+        bar.update(epoch + 1 - bar.n)
+    if log is not None:
+        log(epoch, last)
+
+
+def default_sync_every(epochs: int) -> int:
+    return max(1, min(50, int(math.ceil(epochs / 20))))

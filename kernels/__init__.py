@@ -1,0 +1,1 @@
+"""Fused Triton kernels for the SIREN with derivative streams (installed as ``idir_fast.kernels``)."""
