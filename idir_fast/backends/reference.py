@@ -13,6 +13,14 @@ from ..sampling import trilinear
 from .base import Backend, Derivatives
 
 
+def _grad(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """∂(Σ y)/∂x kept differentiable; zeros where ``y`` does not depend on ``x`` (e.g. an affine field's J)."""
+    if not y.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
+
+
 class ReferenceBackend(Backend):
     name = "reference"
 
@@ -22,12 +30,11 @@ class ReferenceBackend(Backend):
         phi = x + u
         J = H6 = None
         if order >= 1:
-            rows = [torch.autograd.grad(u[:, c].sum(), x, create_graph=True)[0] for c in range(3)]
-            du = torch.stack(rows, dim=1)  # du[n, c, i] = ∂u_c/∂x_i
+            du = torch.stack([_grad(u[:, c], x) for c in range(3)], dim=1)  # du[n, c, i] = ∂u_c/∂x_i
             J = du + torch.eye(3, dtype=x.dtype, device=x.device)
             if order >= 2:
-                H = torch.stack([torch.stack([torch.autograd.grad(du[:, c, i].sum(), x, create_graph=True)[0]
-                                              for i in range(3)], dim=1) for c in range(3)], dim=1)
+                H = torch.stack([torch.stack([_grad(du[:, c, i], x) for i in range(3)], dim=1)
+                                 for c in range(3)], dim=1)  # H[n, c, i, j]
                 H6 = full_hessian_to_pairs(H)
         return Derivatives(phi, J, H6)
 

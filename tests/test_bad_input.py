@@ -1,0 +1,143 @@
+"""Bad input gets a clear error naming the argument; nothing is left half-written."""
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import idir_fast
+from idir_fast import InputError
+from idir_fast.io import atomic_path, write_image
+
+KW = dict(epochs=2, batch_size=50, hidden=(8,), progress=False)
+
+
+@pytest.fixture
+def images(tiny_pair):
+    return tiny_pair.fixed, tiny_pair.moving, tiny_pair.mask
+
+
+def test_non_3d_image(images):
+    f, m, _ = images
+    with pytest.raises(InputError, match="'fixed' must be a 3-D image"):
+        idir_fast.register(sitk.Image(10, 10, sitk.sitkFloat32), m, **KW)
+    with pytest.raises(InputError, match="'moving' must be a 3-D array"):
+        idir_fast.register(f, np.zeros((5, 5)), **KW)
+
+
+def test_mask_of_other_size_or_geometry(images):
+    f, m, mask = images
+    with pytest.raises(InputError, match="'mask' must have the fixed image's size"):
+        idir_fast.register(f, m, sitk.Image(5, 5, 5, sitk.sitkUInt8), **KW)
+    shifted = sitk.Image(mask)
+    shifted.SetOrigin((5.0, 0.0, 0.0))
+    with pytest.raises(InputError, match="'mask' must have the fixed image's geometry"):
+        idir_fast.register(f, m, shifted, **KW)
+
+
+def test_empty_mask(images):
+    f, m, mask = images
+    with pytest.raises(InputError, match="'mask' is empty"):
+        idir_fast.register(f, m, mask * 0, **KW)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_intensities(images, bad):
+    f, m, mask = images
+    arr = sitk.GetArrayFromImage(m)
+    arr[3, 4, 5] = bad
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(m)
+    with pytest.raises(InputError, match="'moving' contains 1 NaN/Inf"):
+        idir_fast.register(f, img, mask, **KW)
+
+
+def test_constant_image(images):
+    f, m, mask = images
+    const = sitk.Image(f.GetSize(), sitk.sitkFloat32)
+    const.CopyInformation(f)
+    with pytest.raises(InputError, match="'fixed' is constant"):
+        idir_fast.register(const, m, mask, **KW)
+    with pytest.raises(InputError, match="'moving' is constant"):
+        idir_fast.register(f, const, mask, **KW)
+
+
+def test_missing_and_unreadable_files(images, tmp_path):
+    f, m, _ = images
+    with pytest.raises(InputError, match="'fixed': file not found"):
+        idir_fast.register(str(tmp_path / "nope.nii.gz"), m, **KW)
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"this is not an image")
+    with pytest.raises(InputError, match="'moving': cannot read"):
+        idir_fast.register(f, str(junk), **KW)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(regularizer="tv"), "'regularizer' must be one of"),
+    (dict(backend="cudnn"), "'backend' must be one of"),
+    (dict(epochs=0), "'epochs' must be a positive integer"),
+    (dict(epochs=-3), "'epochs' must be a positive integer"),
+    (dict(batch_size=0), "'batch_size' must be a positive integer"),
+    (dict(compat="idir-2019"), "'compat' must be one of"),
+    (dict(lr=-1.0), "'lr' must be a positive number"),
+    (dict(alpha=float("nan")), "'alpha' must be a finite number"),
+    (dict(dtype=torch.float16), "'dtype' must be"),
+])
+def test_bad_settings(images, kwargs, pattern):
+    f, m, mask = images
+    with pytest.raises(InputError, match=pattern):
+        idir_fast.register(f, m, mask, **{**KW, **kwargs})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_cuda(images):
+    f, m, mask = images
+    with pytest.raises(InputError, match="'device' is 'cuda' but CUDA is not available"):
+        idir_fast.register(f, m, mask, device="cuda", **KW)
+
+
+def test_non_overlapping_images(images):
+    f, m, mask = images
+    far = sitk.Image(m)
+    far.SetOrigin((5000.0, 0.0, 0.0))
+    with pytest.raises(InputError, match="do not overlap in world space"):
+        idir_fast.register(f, far, mask, **KW)
+
+
+def test_output_prefix_in_missing_or_read_only_folder(images, tmp_path, monkeypatch):
+    f, m, mask = images
+    reg = idir_fast.register(f, m, mask, **KW)
+    with pytest.raises(InputError, match="'prefix': output folder .* does not exist"):
+        reg.save(str(tmp_path / "missing" / "x_"))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permission bits: make the check see what a user would
+            real = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(ro) else real(p, mode))
+        with pytest.raises(InputError, match="not writable"):
+            reg.save(str(ro / "x_"))
+    finally:
+        os.chmod(ro, 0o755)
+
+
+def test_failed_write_leaves_nothing_half_written(tmp_path, images):
+    target = tmp_path / "out.nii.gz"
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(b"partial")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    write_image(images[0], target)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]
+
+
+def test_landmarks_must_come_in_pairs(images):
+    f, m, mask = images
+    with pytest.raises(InputError, match="must be given together"):
+        idir_fast.register(f, m, mask, fixed_landmarks=np.zeros((3, 3)), **KW)
+    with pytest.raises(InputError, match="same number of points"):
+        idir_fast.register(f, m, mask, fixed_landmarks=np.zeros((3, 3)), moving_landmarks=np.zeros((4, 3)), **KW)

@@ -1,0 +1,80 @@
+"""The idir-fast command end to end on a tiny pair."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import SimpleITK as sitk
+
+from idir_fast.cli import main
+from idir_fast.landmarks import write_points
+
+
+def _write_pair(pair, folder):
+    paths = {}
+    for name in ("fixed", "moving", "mask"):
+        paths[name] = str(folder / f"{name}.nii.gz")
+        sitk.WriteImage(getattr(pair, name), paths[name])
+    paths["fl"], paths["ml"] = str(folder / "fl.txt"), str(folder / "ml.txt")
+    write_points(pair.fixed_landmarks, paths["fl"])
+    write_points(pair.moving_landmarks, paths["ml"])
+    return paths
+
+
+def test_register_end_to_end(tiny_pair, tmp_path, capsys):
+    p = _write_pair(tiny_pair, tmp_path)
+    out = tmp_path / "res"
+    out.mkdir()
+    rc = main(["register", p["fixed"], p["moving"], "--mask", p["mask"], "--out", str(out / "case_"),
+               "--epochs", "20", "--batch-size", "300", "--hidden", "32,32", "--no-progress",
+               "--fixed-landmarks", p["fl"], "--moving-landmarks", p["ml"], "--regularizer", "jacobian"])
+    assert rc == 0
+    names = sorted(x.name for x in out.iterdir())
+    assert names == ["case_0Warp.nii.gz", "case_JacDet.nii.gz", "case_Warped.nii.gz", "case_model.pt",
+                     "case_report.json"]
+    report = json.loads((out / "case_report.json").read_text())
+    assert report["settings"]["regularizer"] == "jacobian" and report["settings"]["epochs"] == 20
+    assert {"torch", "SimpleITK", "numpy", "idir_fast"} <= set(report["settings"]["versions"])
+    assert report["timings"]["optimise_s"] > 0 and "loss" in report["final_losses"]
+    assert report["metrics"]["tre"]["mean"] < report["metrics"]["tre_initial"]["mean"]
+    text = capsys.readouterr().out
+    assert "TRE (mm)" in text and "folding" in text
+    field = sitk.ReadImage(str(out / "case_0Warp.nii.gz"))
+    assert field.GetNumberOfComponentsPerPixel() == 3 and field.GetSize() == tiny_pair.fixed.GetSize()
+
+
+def test_register_reports_bad_input_and_writes_nothing(tiny_pair, tmp_path, capsys):
+    p = _write_pair(tiny_pair, tmp_path)
+    rc = main(["register", p["fixed"], str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "x_"),
+               "--no-progress"])
+    assert rc == 2
+    assert "'moving': file not found" in capsys.readouterr().err
+    assert not list(tmp_path.glob("x_*"))
+    rc = main(["register", p["fixed"], p["moving"], "--out", str(tmp_path / "nofolder" / "x_")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_help_explains_every_option():
+    out = subprocess.run([sys.executable, "-m", "idir_fast.cli", "register", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for opt in ("--mask", "--out", "--regularizer", "--epochs", "--device", "--backend", "--seed", "--alpha",
+                "--batch-size", "--lr", "--hidden", "--compat"):
+        assert opt in out
+    top = subprocess.run([sys.executable, "-m", "idir_fast.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "register" in top and "demo" in top
+
+
+def test_demo_runs_quickly_with_few_epochs(tmp_path, capsys):
+    rc = main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "40", "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "before" in text and "after" in text and "folding" in text
+    assert (tmp_path / "demo" / "demo_0Warp.nii.gz").exists()
+    report = json_load(tmp_path / "demo" / "demo_report.json")
+    assert report["metrics"]["tre"]["mean"] < 0.7 * report["metrics"]["tre_initial"]["mean"]
+    assert np.isfinite(report["final_losses"]["loss"])
+
+
+def json_load(path):
+    return json.loads(path.read_text())
