@@ -94,17 +94,49 @@ class OptimResult:
     epochs_run: int
 
 
+class StepFunction:
+    """One optimisation step on a batch of points: forward, NCC + α·R, backward, Adam update.
+
+    Shared by the registration loop and the benchmarks so both time the same work.
+    """
+
+    def __init__(self, siren, pair: PreparedPair, backend, *, regularizer: Optional[str], alpha: float,
+                 compat: Optional[str], lr: float):
+        self.siren, self.pair, self.backend = siren, pair, backend
+        self.regularizer, self.alpha, self.compat = regularizer, float(alpha), compat
+        self.order = objectives.derivative_order(regularizer)
+        device = pair.points.device
+        self.optimizer = torch.optim.Adam(siren.parameters(), lr=lr)
+        n2mi = torch.as_tensor(pair.normalised_to_moving_index, dtype=pair.points.dtype, device=device)
+        self.lin, self.off = n2mi[:3, :3].T.contiguous(), n2mi[:3, 3].contiguous()
+        self.zero = torch.zeros((), dtype=pair.points.dtype, device=device)
+
+    def losses(self, x: torch.Tensor, f: torch.Tensor):
+        """``(loss, similarity, regularization)`` at points ``x`` with fixed values ``f`` (differentiable)."""
+        d = self.backend.derivatives(self.siren, x, self.order)
+        m = self.backend.sample(self.pair.moving, d.phi @ self.lin + self.off)
+        similarity = -objectives.ncc(f, m, self.compat)
+        if self.regularizer is None:
+            return similarity, similarity, self.zero
+        reg = objectives.regularization(self.regularizer, d.J, d.H6, self.compat)
+        return similarity + self.alpha * reg, similarity, reg
+
+    def __call__(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        loss, similarity, reg = self.losses(x, f)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return torch.stack([loss.detach(), similarity.detach(), reg.detach()])
+
+
 def optimise(siren, pair: PreparedPair, backend, *, regularizer: Optional[str], alpha: float,
              compat: Optional[str], epochs: int, batch_size: int, lr: float, seed: int,
              progress: bool = False, sync_every: int = 50, log=None) -> OptimResult:
     """Run ``epochs`` Adam steps of ``−NCC + α·R`` on random mask points; returns the loss history."""
     device = pair.points.device
-    order = objectives.derivative_order(regularizer)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
-    opt = torch.optim.Adam(siren.parameters(), lr=lr)
-    n2mi = torch.as_tensor(pair.normalised_to_moving_index, dtype=pair.points.dtype, device=device)
-    lin, off = n2mi[:3, :3].T.contiguous(), n2mi[:3, 3].contiguous()
+    step = StepFunction(siren, pair, backend, regularizer=regularizer, alpha=alpha, compat=compat, lr=lr)
     history = torch.zeros(epochs, len(HISTORY_TERMS), dtype=pair.points.dtype, device=device)
     batch = min(int(batch_size), pair.num_points)
     full_batch = batch == pair.num_points
@@ -116,7 +148,6 @@ def optimise(siren, pair: PreparedPair, backend, *, regularizer: Optional[str], 
         bar = tqdm(total=epochs, desc=f"IDIR {regularizer or 'no-reg'} [{backend.name}]", unit="epoch",
                    dynamic_ncols=True, leave=True)
     t0 = time.perf_counter()
-    epoch = 0
     try:
         for epoch in range(epochs):
             if full_batch:
@@ -124,19 +155,7 @@ def optimise(siren, pair: PreparedPair, backend, *, regularizer: Optional[str], 
             else:
                 idx = torch.randperm(pair.num_points, generator=gen, device=device)[:batch]
                 x, f = pair.points[idx], pair.fixed_values[idx]
-            d = backend.derivatives(siren, x, order)
-            m = backend.sample(pair.moving, d.phi @ lin + off)
-            similarity = -objectives.ncc(f, m, compat)
-            if regularizer is None:
-                reg = torch.zeros((), dtype=similarity.dtype, device=device)
-                loss = similarity
-            else:
-                reg = objectives.regularization(regularizer, d.J, d.H6, compat)
-                loss = similarity + alpha * reg
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history[epoch] = torch.stack([loss.detach(), similarity.detach(), reg.detach()])
+            history[epoch] = step(x, f)
             if (epoch + 1) % sync_every == 0 or epoch + 1 == epochs:
                 _check_and_report(history, epoch, bar, sync_every, log)
     finally:

@@ -92,3 +92,21 @@ def test_float32_within_documented_tolerance(regularizer):
 def test_backward_pass_counts():
     assert [ReferenceBackend().backward_passes(k) for k in (0, 1, 2)] == [1, 4, 13]
     assert [TorchBackend().backward_passes(k) for k in (0, 1, 2)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+@pytest.mark.parametrize("hidden,n", [((16,), 1), ((32, 32), 17), ((17, 40, 23), 1000)])
+def test_hand_written_backward_equals_autograd(order, hidden, n):
+    from idir_fast.backends.torch_streams import siren_streams, siren_streams_manual
+
+    siren = random_siren(hidden, 16.0, 1.0, torch.float64, seed=order + n)
+    x = random_points(n, torch.float64, seed=3)
+    p = siren.parameter_list()
+    a = siren_streams(p, siren.omega, x, order)
+    b = siren_streams_manual(p, siren.omega, x, order)
+    up = torch.randn(a.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    ga = torch.autograd.grad((a * up).sum(), p)
+    gb = torch.autograd.grad((b * up).sum(), p)
+    assert rel_err(b, a) < 1e-12
+    for i, (u, v) in enumerate(zip(gb, ga)):
+        assert rel_err(u, v) < 1e-10, f"parameter {i}: {rel_err(u, v):.3g}"

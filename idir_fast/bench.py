@@ -1,0 +1,226 @@
+"""Benchmark of one optimisation step per backend and regulariser, measured side by side in one run.
+
+Each configuration times the same :class:`idir_fast.engine.StepFunction` the registration loop runs (forward,
+NCC + α·R, backward, Adam) on a synthetic problem of ``n`` points, and reports the backward passes per step,
+ms per step (median and inter-quartile range), the projected seconds for a 2500-step registration, peak memory,
+the speed-up over ``reference``, and the machine's floor: the step's matrix-product FLOPs divided by the GEMM
+rate measured at the same shapes in the same run.
+
+Run it with ``idir-fast bench`` or ``python -m benchmarks``.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import objectives
+from .backends import resolve_backend
+from .engine import PreparedPair, StepFunction
+from .geometry import ImageGeometry
+from .siren import Siren
+
+REGULARIZERS = (None, "jacobian", "hyperelastic", "bending")
+
+
+def synthetic_pair(n_points: int, device="cpu", dtype=torch.float32, seed: int = 0, size: int = 48) -> PreparedPair:
+    """A smooth random moving volume and ``n_points`` random normalised points with random fixed values."""
+    g = torch.Generator().manual_seed(seed)
+    vol = torch.randn(1, 1, size, size, size, generator=g, dtype=torch.float32)
+    vol = torch.nn.functional.avg_pool3d(vol, 5, stride=1, padding=2)[0, 0]
+    geom = ImageGeometry((size,) * 3, (2.0,) * 3, (0.0,) * 3, (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    w2n = geom.world_to_normalised("isotropic")
+    n2mi = geom.world_to_index() @ np.linalg.inv(w2n)
+    points = (torch.rand(n_points, 3, generator=g) * 1.8 - 0.9)
+    return PreparedPair(geom, geom, w2n, n2mi, vol.to(device=device, dtype=dtype),
+                        points.to(device=device, dtype=dtype),
+                        torch.randn(n_points, generator=g).to(device=device, dtype=dtype))
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops(n_points: int, hidden: Sequence[int], order: int) -> float:
+    """Matrix-product FLOPs of one training step with derivative streams (forward + backward).
+
+    Forward: the first layer's value stream (the derivative streams there are per-point constants), then one
+    product over all S streams per later layer. Backward: two products per forward product (input adjoint and
+    weight gradient), except the first layer which needs only the weight gradient.
+    """
+    S = (1, 4, 10)[order]
+    widths = (3,) + tuple(hidden) + (3,)
+    first = 2.0 * n_points * widths[0] * widths[1]
+    rest = sum(2.0 * S * n_points * a * b for a, b in zip(widths[1:-1], widths[2:]))
+    return first * 2 + rest * 3
+
+
+def gemm_rate(n_points: int, hidden: Sequence[int], order: int, device="cpu", repeats: int = 5) -> float:
+    """FLOP/s of the step's largest matrix products (the three orientations of a hidden layer) on ``device``."""
+    S = (1, 4, 10)[order]
+    h = int(max(hidden))
+    a = torch.randn(S * n_points, h, device=device)
+    w = torch.randn(h, h, device=device)
+    for _ in range(2):
+        a @ w.T, a @ w, a.T @ a
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ w.T
+        a @ w
+        a.T @ a
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 3 * 2.0 * S * n_points * h * h / statistics.median(times)
+
+
+def time_step(backend_name: str, regularizer: Optional[str], n_points: int, hidden: Sequence[int],
+              device="cpu", warmup: int = 2, repeats: int = 10, seed: int = 0) -> dict:
+    """Time one full optimisation step; returns a result row."""
+    device = torch.device(device)
+    backend = resolve_backend(backend_name, device)
+    pair = synthetic_pair(n_points, device, seed=seed)
+    torch.manual_seed(seed)
+    siren = Siren(hidden).to(device)
+    step = StepFunction(siren, pair, backend, regularizer=regularizer,
+                        alpha=objectives.default_alpha(regularizer), compat=None, lr=1e-4)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        step(pair.points, pair.fixed_values)
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step(pair.points, pair.fixed_values)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    ms = 1000.0 * np.asarray(times)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # process peak RSS so far
+    order = objectives.derivative_order(regularizer)
+    return {"backend": backend.name, "regularizer": regularizer or "none", "points": n_points,
+            "hidden": "x".join(map(str, hidden)), "passes": backend.backward_passes(order),
+            "ms_median": float(np.median(ms)), "ms_q25": float(np.percentile(ms, 25)),
+            "ms_q75": float(np.percentile(ms, 75)), "s_per_2500": float(np.median(ms)) * 2.5,
+            "peak_mib": float(peak), "peak_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss_process",
+            "repeats": repeats}
+
+
+def machine_info(device="cpu") -> dict:
+    from .api import environment
+
+    env = environment(torch.device(device))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5).stdout.strip()
+    except Exception:  # noqa: BLE001
+        commit = ""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    env.update({"commit": commit or "unknown", "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
+                "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    return env
+
+
+def run(sizes: Iterable[tuple] = ((10_000, (256, 256, 256)),), backends: Sequence[str] = ("reference", "torch"),
+        regularizers: Sequence[Optional[str]] = REGULARIZERS, device="cpu", repeats: int = 5, warmup: int = 2,
+        results_dir: Optional[str] = None, print_table: bool = True) -> List[dict]:
+    """Benchmark every (size, regulariser, backend) side by side; append rows to ``results_dir``."""
+    info = machine_info(device)
+    rows = []
+    for n, hidden in sizes:
+        for reg in regularizers:
+            order = objectives.derivative_order(reg)
+            flops = matmul_flops(n, hidden, order)
+            rate = gemm_rate(n, hidden, order, device)
+            base = None
+            for name in backends:
+                try:
+                    row = time_step(name, reg, n, hidden, device, warmup=warmup, repeats=repeats)
+                except Exception as err:  # noqa: BLE001 — report, keep benchmarking the others
+                    row = {"backend": name, "regularizer": reg or "none", "points": n,
+                           "hidden": "x".join(map(str, hidden)), "error": f"{type(err).__name__}: {err}"}
+                    rows.append(row)
+                    continue
+                row["gflop_per_step"] = flops / 1e9
+                row["gemm_gflops"] = rate / 1e9
+                row["floor_ms"] = 1000.0 * flops / rate
+                row["x_floor"] = row["ms_median"] / row["floor_ms"]
+                if name == "reference":
+                    base = row["ms_median"]
+                row["speedup_vs_reference"] = (base / row["ms_median"]) if base else None
+                row.update({k: info[k] for k in ("device_name", "cpu", "torch", "commit", "timestamp")})
+                row["device"] = str(device)
+                rows.append(row)
+    if print_table:
+        print(format_table(rows, info))
+    if results_dir:
+        save_rows(rows, info, results_dir)
+    return rows
+
+
+def format_table(rows: List[dict], info: dict) -> str:
+    head = (f"device {info.get('device_name')} ({info.get('cpu')}, {info.get('cores')} cores), torch "
+            f"{info.get('torch')}, commit {info.get('commit')}, {info.get('timestamp')}")
+    cols = ["points", "hidden", "regularizer", "backend", "passes", "ms/step (median [IQR])", "s/2500",
+            "peak MiB", "speed-up", "floor ms", "× floor"]
+    lines = []
+    for r in rows:
+        if "error" in r:
+            lines.append([str(r["points"]), r["hidden"], r["regularizer"], r["backend"], "-", r["error"][:60],
+                          "", "", "", "", ""])
+            continue
+        sp = r.get("speedup_vs_reference")
+        lines.append([str(r["points"]), r["hidden"], r["regularizer"], r["backend"], str(r["passes"]),
+                      f"{r['ms_median']:.1f} [{r['ms_q25']:.1f}–{r['ms_q75']:.1f}]", f"{r['s_per_2500']:.1f}",
+                      f"{r['peak_mib']:.0f}", f"{sp:.2f}×" if sp else "–", f"{r['floor_ms']:.1f}",
+                      f"{r['x_floor']:.2f}"])
+    widths = [max(len(c), *(len(x[i]) for x in lines)) if lines else len(c) for i, c in enumerate(cols)]
+    out = [head, "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += ["| " + " | ".join(x.ljust(w) for x, w in zip(line, widths)) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def save_rows(rows: List[dict], info: dict, results_dir: str) -> Path:
+    """Append rows to ``results.csv`` and one JSON file per run under ``results_dir``."""
+    d = Path(results_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    stamp = info["timestamp"].replace(":", "").replace("-", "")
+    dev = "".join(ch if ch.isalnum() else "-" for ch in str(info.get("device_name", "cpu")))[:40]
+    from .io import write_json
+
+    write_json({"machine": info, "rows": rows}, d / f"{stamp}_{dev}.json")
+    csv_path = d / "results.csv"
+    keys = ["timestamp", "commit", "device_name", "cpu", "torch", "device", "points", "hidden", "regularizer",
+            "backend", "passes", "ms_median", "ms_q25", "ms_q75", "s_per_2500", "peak_mib", "peak_kind",
+            "speedup_vs_reference", "gflop_per_step", "gemm_gflops", "floor_ms", "x_floor", "error"]
+    new = not csv_path.exists()
+    with open(csv_path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({**{k: info.get(k) for k in ("timestamp", "commit", "device_name", "cpu", "torch")}, **r})
+    return csv_path
