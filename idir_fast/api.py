@@ -1,6 +1,7 @@
 """``idir_fast.register``: one call that registers two 3-D images the way the IDIR paper does."""
 from __future__ import annotations
 
+import os
 import platform
 import time
 from typing import Optional, Sequence
@@ -149,13 +150,19 @@ def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = No
     timings = {"prepare_s": t_prepared - t_start, "optimise_s": result.seconds,
                "ms_per_epoch": 1000.0 * result.seconds / max(result.epochs_run, 1)}
     history = {name: result.history[:, i] for i, name in enumerate(HISTORY_TERMS)}
+    if isinstance(mask, (str, os.PathLike)):
+        settings["mask_path"] = os.path.abspath(os.fspath(mask))
+    for name, obj in (("fixed", fixed), ("moving", moving)):
+        if isinstance(obj, (str, os.PathLike)):
+            settings[f"{name}_path"] = os.path.abspath(os.fspath(obj))
     reg = Registration(siren, pair.world_to_normalised, pair.fixed_geometry, settings, history, timings,
-                       moving=moving_img)
+                       moving=moving_img, mask=mask_img)
     if fl is not None:
         from .metrics import tre
 
-        reg.metrics["tre_initial"] = _summary(tre(fl, ml))
-        reg.metrics["tre"] = _summary(tre(reg.transform_points(fl), ml))
+        before, after = tre(fl, ml), tre(reg.transform_points(fl), ml)
+        reg.metrics["tre_initial"], reg.metrics["tre"] = _summary(before), _summary(after)
+        reg.metrics["tre_initial_errors"], reg.metrics["tre_errors"] = before["errors"], after["errors"]
     reg.timings["total_s"] = time.perf_counter() - t_start
     return reg
 

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "…Warped.nii.gz, …JacDet.nii.gz, …model.pt, …report.json")
     r.add_argument("--format", default=".nii.gz", choices=(".nii.gz", ".mha", ".nrrd"),
                    help="image format of the outputs (default: %(default)s)")
+    r.add_argument("--itk-transform", action="store_true",
+                   help="also write {prefix}Transform.h5, an ITK DisplacementFieldTransform")
+    r.add_argument("--figures", action="store_true",
+                   help="also write PNG figures: cumulative TRE, det J on a slice, loss curves")
     r.add_argument("--fixed-landmarks", help="landmark file of the fixed image (3 numbers per row)")
     r.add_argument("--moving-landmarks", help="corresponding landmarks of the moving image")
     r.add_argument("--landmarks-frame", default="world", choices=("world", "index0", "index1"),
@@ -100,6 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--regularizer", default="bending", choices=[r_ if r_ else "none" for r_ in REGULARIZERS])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    rp = sub.add_parser("report", help="make the figures of saved runs (cumulative TRE, det J slice, loss curves)",
+                        description="Write PNG figures for every saved run (*report.json) in RUN_DIR, or for one "
+                                    "run prefix.")
+    rp.add_argument("run_dir", help="folder with saved runs, or a run prefix such as out/case1_")
+
+    dl = sub.add_parser("dirlab", help="register DIR-LAB 4DCT cases (T00 → T50) and report TRE per case",
+                        description="Register DIR-LAB cases: fixed = T00 (inhale), moving = T50 (exhale); the "
+                                    "lung mask is built from HU thresholds unless --mask-dir gives one "
+                                    "(caseN_mask.nii.gz). Raw .img volumes and Case{N}_300_T{00,50}_xyz.txt "
+                                    "landmark files are found anywhere under --data.")
+    dl.add_argument("--data", required=True, help="folder holding the DIR-LAB case folders")
+    dl.add_argument("--case", type=int, nargs="+", required=True, help="case number(s), 1–10")
+    dl.add_argument("--out", default=None, help="output folder (default: no files, TRE only)")
+    dl.add_argument("--mask-dir", default=None, help="folder with caseN_mask.nii.gz lung masks")
+    dl.add_argument("--identity", action="store_true", help="only report the identity transform's TRE")
+    _add_engine_options(dl, {})
+
     b = sub.add_parser("bench", help="time one optimisation step per regulariser × backend, side by side",
                        description="Benchmark: backward passes per step, ms per step, projected s per 2500-step "
                                    "registration, peak memory, speed-up vs reference and the GEMM floor, for each "
@@ -147,7 +168,7 @@ def cmd_register(a) -> int:
         ml = to_world(read_points(a.moving_landmarks, "--moving-landmarks"), a.landmarks_frame,
                       ImageGeometry.from_sitk(moving))
     reg = register(fixed, moving, a.mask, fixed_landmarks=fl, moving_landmarks=ml, **_engine_kwargs(a))
-    outputs = reg.save(prefix, field_format=a.format)
+    outputs = reg.save(prefix, field_format=a.format, itk_transform=a.itk_transform, figures=a.figures)
     _summarise(reg, outputs)
     return 0
 
@@ -176,7 +197,6 @@ def cmd_demo(a) -> int:
     from .data import phantom_pair
     from .io import write_image
     from .landmarks import write_points
-    from .metrics import folding
 
     out = Path(a.out)
     if out.exists() and not out.is_dir():
@@ -207,10 +227,59 @@ def cmd_demo(a) -> int:
     reg = register(pair.fixed, pair.moving, pair.mask, regularizer=None if a.regularizer == "none" else
                    a.regularizer, device=dev, backend=a.backend, seed=a.seed, progress=not a.no_progress,
                    fixed_landmarks=pair.fixed_landmarks, moving_landmarks=pair.moving_landmarks, **settings)
-    reg.metrics["folding"] = folding(reg.jacobian_determinant(), pair.mask)
-    outputs = reg.save(str(out / "demo_"))
+    outputs = reg.save(str(out / "demo_"), figures=True)
     _summarise(reg, outputs)
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s; outputs in {out}/")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .figures import report_run_dir
+
+    for prefix, figs in report_run_dir(a.run_dir).items():
+        print(prefix)
+        for kind, path in figs.items():
+            print(f"  {kind:9s} {path}")
+    return 0
+
+
+def cmd_dirlab(a) -> int:
+    import SimpleITK as sitk
+
+    from . import dirlab
+    from .api import register
+    from .data import lung_mask_from_hu
+    from .metrics import tre
+
+    cases = [dirlab.check_case(c) for c in a.case]
+    out_dir = None
+    if a.out:
+        out_dir = Path(a.out)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InputError(f"'--out': {str(out_dir)!r} exists and is not a folder")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    found = [dirlab.find_case(a.data, c) for c in cases]  # all inputs checked before any work
+    rows = []
+    for c in found:
+        t_before = tre(c.fixed_landmarks, c.moving_landmarks)
+        if a.identity:
+            rows.append([str(c.case), f"{t_before['mean']:.2f} ({t_before['std']:.2f})", "–", "–", "–"])
+            continue
+        fixed, moving = c.images()
+        if a.mask_dir:
+            mask = sitk.ReadImage(str(Path(a.mask_dir) / f"case{c.case}_mask.nii.gz"))
+        else:
+            mask = lung_mask_from_hu(fixed)
+        reg = register(fixed, moving, mask, fixed_landmarks=c.fixed_landmarks,
+                       moving_landmarks=c.moving_landmarks, **_engine_kwargs(a))
+        if out_dir is not None:
+            reg.save(str(out_dir / f"case{c.case}_"), figures=True)
+        m = reg.metrics
+        rows.append([str(c.case), f"{m['tre_initial']['mean']:.2f} ({m['tre_initial']['std']:.2f})",
+                     f"{m['tre']['mean']:.2f} ({m['tre']['std']:.2f})", f"{reg.timings['optimise_s']:.0f}",
+                     str(m.get("folding", {}).get("count", "–"))])
+    print()
+    _print_table(rows, ["case", "TRE before mean (std) mm", "TRE after mean (std) mm", "time s", "folded"])
     return 0
 
 
@@ -239,7 +308,8 @@ def cmd_bench(a) -> int:
     return 0
 
 
-COMMANDS = {"register": cmd_register, "demo": cmd_demo, "bench": cmd_bench}
+COMMANDS = {"register": cmd_register, "demo": cmd_demo, "bench": cmd_bench, "report": cmd_report,
+            "dirlab": cmd_dirlab}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -82,11 +82,10 @@ def export_learn2reg_displacement_voxels(reg, path: Union[str, os.PathLike]) -> 
     """Write the Learn2Reg submission field: a 4-D NIfTI that NiBabel loads as ``(nx, ny, nz, 3)`` float32
     voxel displacements on the fixed grid (spacing/origin/direction copied from the fixed image)."""
     disp = displacement_voxels(reg).astype(np.float32)  # (nx, ny, nz, 3)
-    img = sitk.GetImageFromArray(disp.transpose(3, 2, 1, 0))  # numpy (3, nz, ny, nx) → sitk size (nx, ny, nz, 3)
-    g = reg.fixed_geometry
-    img.SetSpacing(tuple(g.spacing) + (1.0,))
-    img.SetOrigin(tuple(g.origin) + (0.0,))
-    d = np.eye(4)
-    d[:3, :3] = g.direction_matrix
-    img.SetDirection(tuple(d.ravel()))
+    components = []
+    for c in range(3):
+        comp = sitk.GetImageFromArray(np.ascontiguousarray(disp[..., c].transpose(2, 1, 0)))  # (nz, ny, nx)
+        reg.fixed_geometry.apply_to(comp)
+        components.append(comp)
+    img = sitk.JoinSeries(components, 0.0, 1.0)  # size (nx, ny, nz, 3)
     return write_image(img, path)

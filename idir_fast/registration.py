@@ -33,6 +33,7 @@ class Registration:
         world_to_normalised: 4×4 affine of the network frame.
         fixed_geometry: grid on which fields are written.
         moving: the moving image, when known (needed by :meth:`warped` unless one is passed).
+        mask: the fixed-image mask, when known (folding is then counted inside it).
         settings: every setting of the run (and library versions).
         history: per-epoch ``loss``, ``similarity`` (−NCC) and ``regularization`` arrays.
         timings: seconds spent per phase, and ms per epoch.
@@ -41,7 +42,8 @@ class Registration:
 
     def __init__(self, siren: Siren, world_to_normalised: np.ndarray, fixed_geometry: ImageGeometry,
                  settings: dict, history: Optional[dict] = None, timings: Optional[dict] = None,
-                 moving: Optional[sitk.Image] = None, metrics: Optional[dict] = None):
+                 moving: Optional[sitk.Image] = None, metrics: Optional[dict] = None,
+                 mask: Optional[sitk.Image] = None):
         self.siren = siren.cpu().eval()
         for p in self.siren.parameters():
             p.requires_grad_(False)
@@ -51,6 +53,7 @@ class Registration:
         self.history = {k: np.asarray(v) for k, v in (history or {}).items()}
         self.timings = dict(timings or {})
         self.moving = moving
+        self.mask = mask
         self.metrics = dict(metrics or {})
 
     # ------------------------------------------------------------------------------------------- evaluation
@@ -157,31 +160,51 @@ class Registration:
         return Path(path)
 
     def save(self, prefix: Union[str, os.PathLike], *, field_format: str = ".nii.gz",
-             write_warped: bool = True, write_jacobian: bool = True) -> dict:
+             write_warped: bool = True, write_jacobian: bool = True, itk_transform: bool = False,
+             figures: bool = False) -> dict:
         """Write the outputs with ANTs-style names; each file is written to a temporary name and renamed.
 
         Writes ``{prefix}0Warp{ext}`` (field), ``{prefix}Warped{ext}`` (when the moving image is known),
-        ``{prefix}JacDet{ext}``, ``{prefix}model.pt`` and ``{prefix}report.json``.
+        ``{prefix}JacDet{ext}``, ``{prefix}model.pt`` and ``{prefix}report.json``; with ``itk_transform`` also
+        ``{prefix}Transform.h5`` (an ITK DisplacementFieldTransform); with ``figures`` the PNG figures of
+        :mod:`idir_fast.figures`.
+
+        Args:
+            field_format: ``".nii.gz"``, ``".mha"`` or ``".nrrd"``.
 
         Returns:
             dict of output kind → path.
         """
+        if field_format not in (".nii.gz", ".nii", ".mha", ".nrrd"):
+            raise InputError(f"'field_format' must be .nii.gz, .nii, .mha or .nrrd, got {field_format!r}")
         prefix = str(check_writable_prefix(prefix, "prefix"))
         out = {}
-        out["field"] = write_image(self.displacement_field(), prefix + "0Warp" + field_format)
+        field = self.displacement_field()
+        out["field"] = write_image(field, prefix + "0Warp" + field_format)
+        if itk_transform:
+            tx = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+            with atomic_path(prefix + "Transform.h5") as tmp:
+                sitk.WriteTransform(tx, tmp)
+            out["transform"] = Path(prefix + "Transform.h5")
         if write_warped and self.moving is not None:
             out["warped"] = write_image(self.warped(), prefix + "Warped" + field_format)
+        jac = None
         if write_jacobian:
             jac = self.jacobian_determinant()
             if "folding" not in self.metrics:
-                from .metrics import folding
+                from .metrics import folding, sdlogj
 
-                self.metrics["folding"] = folding(jac)
+                self.metrics["folding"] = folding(jac, self.mask)
+                self.metrics["sdlogj"] = sdlogj(jac, self.mask)
             out["jacobian"] = write_image(jac, prefix + "JacDet" + field_format)
         out["model"] = self.save_model(prefix + "model.pt")
         report = self.report()
         report["outputs"] = {k: str(v) for k, v in out.items()}
         out["report"] = write_json(report, prefix + "report.json")
+        if figures:
+            from .figures import figures_for_prefix
+
+            out.update({f"figure_{k}": v for k, v in figures_for_prefix(prefix, self.mask).items()})
         return out
 
     def __repr__(self):
