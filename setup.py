@@ -1,8 +1,18 @@
-"""Build script: the Python package, ``kernels/`` installed as ``idir_fast.kernels``, the ``idir-fast`` command."""
+"""Build script: the Python package, ``kernels/`` installed as ``idir_fast.kernels``, the ``idir-fast`` command,
+and the optional compiled extension ``idir_fast._C`` from ``csrc/`` (fused trilinear sampling + NCC).
+
+The extension is built with ``torch.utils.cpp_extension`` and ninja: with CUDA when torch has CUDA and nvcc is
+found (or ``IDIR_FAST_FORCE_CUDA=1``), CPU-only otherwise. It needs torch at build time, so install with
+``pip install --no-build-isolation``. If it cannot be built (no compiler, no torch), the package still installs
+and falls back to the PyTorch implementation at run time with one warning. ``IDIR_FAST_NO_EXTENSION=1`` skips it.
+"""
 import os
 import re
+import sys
+import warnings
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext as _build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -12,15 +22,68 @@ def _version():
         return re.search(r'__version__ = "([^"]+)"', fh.read()).group(1)
 
 
+def _skip(reason):
+    warnings.warn(f"idir_fast: not building the compiled extension ({reason}); the PyTorch fallback will be used")
+    print(f"idir_fast: not building the compiled extension ({reason})", file=sys.stderr)
+    return [], {}
+
+
+def _extensions():
+    if os.environ.get("IDIR_FAST_NO_EXTENSION") == "1":
+        return _skip("IDIR_FAST_NO_EXTENSION=1")
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except Exception as err:  # noqa: BLE001 — torch missing in an isolated build environment
+        return _skip(f"torch is not importable at build time: {err}; use pip install --no-build-isolation")
+
+    csrc = "csrc"
+    sources = [f"{csrc}/bindings.cpp", f"{csrc}/sample_ncc_cpu.cpp"]
+    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    with_cuda = os.environ.get("IDIR_FAST_FORCE_CUDA") == "1" or (torch.version.cuda is not None
+                                                                   and CUDA_HOME is not None)
+    if with_cuda:
+        arch = os.environ.get("IDIR_FAST_CUDA_ARCHS", "80;90").split(";")
+        nvcc = ["-O3", "-std=c++17"] + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in arch if a]
+        ext = CUDAExtension("idir_fast._C", sources + [f"{csrc}/sample_ncc_cuda.cpp", f"{csrc}/sample_ncc.cu"],
+                            define_macros=[("WITH_CUDA", None)],
+                            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
+    else:
+        ext = CppExtension("idir_fast._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+
+    base = BuildExtension.with_options(use_ninja=True)
+
+    class OptionalBuildExt(base):
+        """Build the extension, but let the pure-Python package install if that fails."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as err:  # noqa: BLE001
+                _skip(f"build failed: {err}")
+
+        def build_extension(self, extension):
+            try:
+                super().build_extension(extension)
+            except Exception as err:  # noqa: BLE001
+                _skip(f"build failed: {err}")
+
+    return [ext], {"build_ext": OptionalBuildExt}
+
+
+ext_modules, cmdclass = _extensions()
+
 setup(
     name="idir-fast",
     version=_version(),
     description="Fast implicit-neural-representation deformable image registration (IDIR) with fused kernels",
-    long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=["idir_fast", "idir_fast.backends", "idir_fast.kernels"],
     package_dir={"idir_fast": "idir_fast", "idir_fast.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     install_requires=[
         "torch>=2.4",
         "numpy>=1.23",
@@ -34,4 +97,5 @@ setup(
         "ray": ["ray>=2.9"],
     },
     entry_points={"console_scripts": ["idir-fast=idir_fast.cli:main"]},
+    zip_safe=False,
 )

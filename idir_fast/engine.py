@@ -114,8 +114,7 @@ class StepFunction:
     def losses(self, x: torch.Tensor, f: torch.Tensor):
         """``(loss, similarity, regularization)`` at points ``x`` with fixed values ``f`` (differentiable)."""
         d = self.backend.derivatives(self.siren, x, self.order)
-        m = self.backend.sample(self.pair.moving, d.phi @ self.lin + self.off)
-        similarity = -objectives.ncc(f, m, self.compat)
+        similarity = -self.backend.similarity(self.pair.moving, d.phi @ self.lin + self.off, f, self.compat)
         if self.regularizer is None:
             return similarity, similarity, self.zero
         reg = objectives.regularization(self.regularizer, d.J, d.H6, self.compat)

@@ -82,6 +82,35 @@ def ncc(fixed: torch.Tensor, moving: torch.Tensor, compat: Optional[str] = None)
     return cov / (torch.sqrt(var_f) * torch.sqrt(var_m) + NCC_EPS)
 
 
+def _ncc_moments(n: int, sums: torch.Tensor, compat: Optional[str]):
+    """Centred moments from the five sums ``[Σf, Σm, Σf², Σm², Σfm]`` (float64 for accuracy)."""
+    s = sums.double()
+    f_mean, m_mean = s[0] / n, s[1] / n
+    ddof = 1 if compat == "idir-2022" and n > 1 else 0
+    cov = s[4] / n - f_mean * m_mean
+    var_f = torch.clamp(s[2] - n * f_mean * f_mean, min=0.0) / (n - ddof)
+    var_m = torch.clamp(s[3] - n * m_mean * m_mean, min=0.0) / (n - ddof)
+    return f_mean, m_mean, cov, torch.sqrt(var_f), torch.sqrt(var_m), ddof
+
+
+def ncc_from_sums(n: int, sums: torch.Tensor, compat: Optional[str] = None) -> torch.Tensor:
+    """:func:`ncc` from the five sums ``[Σf, Σm, Σf², Σm², Σfm]`` a fused sampling kernel reduces (float64)."""
+    _, _, cov, sd_f, sd_m, _ = _ncc_moments(n, sums, compat)
+    return cov / (sd_f * sd_m + NCC_EPS)
+
+
+def ncc_backward_coefficients(n: int, sums: torch.Tensor, compat: Optional[str] = None):
+    """Scalars ``(a, b, f̄, m̄)`` with ``∂NCC/∂m_k = a (f_k − f̄) + b (m_k − m̄)`` for :func:`ncc`'s definition.
+
+    With ``D = σ_f σ_m + ε``: ``a = 1 / (N D)`` and ``b = −cov σ_f / ((N − ddof) σ_m D²)``.
+    """
+    f_mean, m_mean, cov, sd_f, sd_m, ddof = _ncc_moments(n, sums, compat)
+    d = sd_f * sd_m + NCC_EPS
+    a = 1.0 / (n * d)
+    b = -cov * sd_f / ((n - ddof) * torch.clamp(sd_m, min=1e-300) * d * d)
+    return a, b, f_mean, m_mean
+
+
 # ------------------------------------------------------------------------------------------ per-point algebra
 def cofactor(J: torch.Tensor) -> torch.Tensor:
     """Cofactor matrix ``cof(J) = det(J) J^{-T}`` of ``(N, 3, 3)`` matrices, without an inverse."""

@@ -39,6 +39,9 @@ def test_analytic_gradient_equals_autograd_and_fast_path(dtype):
     g = torch.Generator().manual_seed(1)
     vol = torch.randn(7, 13, 29, generator=g, dtype=dtype)
     idx = (torch.rand(500, 3, generator=g, dtype=dtype) * 1.2 - 0.1) * torch.tensor([28.0, 12.0, 6.0], dtype=dtype)
+    idx[:50] = torch.round(idx[:50])  # exactly on voxel planes, including the first and last
+    idx[50:60, 0] = 28.0
+    idx[60:70, 1] = 0.0
     idx.requires_grad_(True)
     w = torch.randn(500, generator=g, dtype=dtype)
     (ga,) = torch.autograd.grad((trilinear(vol, idx) * w).sum(), idx)

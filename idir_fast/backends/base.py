@@ -37,6 +37,13 @@ class Backend(abc.ABC):
     def sample(self, volume: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Trilinear sample of ``volume`` ``(nz, ny, nx)`` at index points ``(N, 3)``, differentiable w.r.t. index."""
 
+    def similarity(self, volume: torch.Tensor, index: torch.Tensor, fixed_values: torch.Tensor,
+                   compat=None) -> torch.Tensor:
+        """NCC of ``fixed_values`` and ``volume`` sampled at ``index``; differentiable w.r.t. ``index``."""
+        from ..objectives import ncc
+
+        return ncc(fixed_values, self.sample(volume, index), compat)
+
     def backward_passes(self, order: int) -> int:
         """Backward passes over the network per optimisation step."""
         return 1

@@ -99,6 +99,14 @@ class TorchBackend(Backend):
     def sample(self, volume, index):
         return trilinear_fast(volume, index)
 
+    def similarity(self, volume, index, fixed_values, compat=None):
+        """The compiled fused sampling + NCC op when built (``csrc/``), else the PyTorch path (same definition)."""
+        from .. import fused_ncc
+
+        if fused_ncc.available(index.device):
+            return fused_ncc.fused_ncc(volume, index, fixed_values, compat)
+        return super().similarity(volume, index, fixed_values, compat)
+
     def backward_passes(self, order: int) -> int:
         return 1
 

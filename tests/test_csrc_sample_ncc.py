@@ -1,0 +1,120 @@
+"""The compiled fused sampling + NCC op (csrc/) against the PyTorch reference; nvcc compile checks."""
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from idir_fast import fused_ncc, objectives
+from idir_fast.sampling import trilinear, trilinear_with_gradient
+
+ROOT = Path(__file__).resolve().parents[1]
+ext = fused_ncc.extension()
+needs_ext = pytest.mark.skipif(ext is None, reason=f"compiled extension not built: {fused_ncc.extension_error()}")
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+
+
+def _problem(dtype, n=1000, shape=(7, 13, 29), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    vol = torch.randn(shape, generator=g, dtype=dtype)
+    nz, ny, nx = shape
+    hi = torch.tensor([nx - 1, ny - 1, nz - 1], dtype=dtype)
+    idx = (torch.rand(n, 3, generator=g, dtype=dtype) * 1.4 - 0.2) * hi  # ~ a third outside somewhere
+    idx[: n // 10] = torch.round(idx[: n // 10])  # exactly on voxel borders
+    idx[n // 10: n // 5, 0] = hi[0]  # on the last plane
+    f = torch.randn(n, generator=g, dtype=dtype)
+    return vol, idx, f
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [2, 17, 1000])
+def test_forward_values_gradients_and_sums(dtype, n):
+    vol, idx, f = _problem(dtype, n)
+    values, grads, sums = ext.sample_ncc_forward(vol, idx, f)
+    ref_v, ref_g = trilinear_with_gradient(vol, idx)
+    assert torch.allclose(values, ref_v, rtol=0, atol=TOL[dtype] * 10)
+    assert torch.allclose(grads, ref_g, rtol=0, atol=TOL[dtype] * 10)
+    fd, md = f.double(), ref_v.double()
+    expected = torch.stack([fd.sum(), md.sum(), (fd * fd).sum(), (md * md).sum(), (fd * md).sum()])
+    assert torch.allclose(sums, expected, rtol=1e-9 if dtype == torch.float64 else 1e-5)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("compat", [None, "idir-2022"])
+def test_ncc_and_gradient_match_autograd_reference(dtype, compat):
+    vol, idx, f = _problem(dtype, 777, seed=1)
+    a = idx.clone().requires_grad_(True)
+    ref = objectives.ncc(f, trilinear(vol, a), compat)
+    (g_ref,) = torch.autograd.grad(ref * 1.7, a)
+    b = idx.clone().requires_grad_(True)
+    out = fused_ncc.fused_ncc(vol, b, f, compat)
+    (g_out,) = torch.autograd.grad(out * 1.7, b)
+    assert out.dtype == dtype
+    assert out.item() == pytest.approx(ref.item(), rel=TOL[dtype], abs=TOL[dtype])
+    scale = g_ref.abs().max()
+    assert ((g_out - g_ref).abs().max() / scale).item() < TOL[dtype] * 10
+
+
+@needs_ext
+def test_non_contiguous_inputs_are_handled_by_the_wrapper_and_rejected_by_the_op():
+    vol, idx, f = _problem(torch.float64, 50)
+    idx_t = idx.T.contiguous().T  # same values, non-contiguous
+    assert not idx_t.is_contiguous()
+    a = fused_ncc.fused_ncc(vol, idx_t, f)
+    b = fused_ncc.fused_ncc(vol, idx, f)
+    assert a.item() == b.item()
+    with pytest.raises(RuntimeError, match="must be contiguous"):
+        ext.sample_ncc_forward(vol, idx_t, f)
+
+
+@needs_ext
+@pytest.mark.parametrize("args,pattern", [
+    (lambda v, i, f: (v.float(), i, f), "must have the dtype of 'moving'"),
+    (lambda v, i, f: (v.int(), i.int(), f.int()), "must be float32 or float64"),
+    (lambda v, i, f: (v[0], i, f), "must be a 3-D volume"),
+    (lambda v, i, f: (v, i[:, :2].contiguous(), f), "'index' must have shape \\(N, 3\\)"),
+    (lambda v, i, f: (v, i, f[:-1]), "'fixed_values' must have shape \\(N,\\)"),
+    (lambda v, i, f: (v[:1].contiguous(), i, f), "at least 2 voxels per axis"),
+])
+def test_bad_input_gets_a_clear_error(args, pattern):
+    vol, idx, f = _problem(torch.float64, 20)
+    with pytest.raises(RuntimeError, match=pattern):
+        ext.sample_ncc_forward(*args(vol, idx, f))
+
+
+@needs_ext
+def test_backward_checks_coefficients():
+    vol, idx, f = _problem(torch.float64, 20)
+    v, g, _ = ext.sample_ncc_forward(vol, idx, f)
+    with pytest.raises(RuntimeError, match="'coef' must be a contiguous float64 tensor of shape \\(4,\\)"):
+        ext.sample_ncc_backward(f, v, g, torch.zeros(3, dtype=torch.float64))
+
+
+def test_torch_backend_uses_the_op_and_matches_reference_loss():
+    from idir_fast.backends import ReferenceBackend, TorchBackend
+
+    vol, idx, f = _problem(torch.float64, 300, seed=3)
+    a = TorchBackend().similarity(vol, idx, f)
+    b = ReferenceBackend().similarity(vol, idx, f)
+    assert a.item() == pytest.approx(b.item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("arch", ["80", "90"])
+def test_cuda_source_compiles_without_spills(arch, tmp_path):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found")
+    proc = subprocess.run([nvcc, "-c", "-O3", "-std=c++17", f"-arch=sm_{arch}", "--resource-usage",
+                           str(ROOT / "csrc" / "sample_ncc.cu"), "-o", str(tmp_path / "k.o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = proc.stdout + proc.stderr
+    print(report)
+    spills = [int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
+    registers = [int(x) for x in re.findall(r"Used (\d+) registers", report)]
+    assert len(registers) == 4 and spills and max(spills) == 0
+    assert max(registers) <= 64
