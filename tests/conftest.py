@@ -1,5 +1,12 @@
 """Shared fixtures: small synthetic pairs (fast on a 2-core CPU) and the optional shared data folder."""
+import os
 from pathlib import Path
+
+import torch as _torch
+
+# Without a GPU the Triton kernels run in the interpreter; this must be set before idir_fast.kernels is imported.
+if not _torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import numpy as np
 import pytest

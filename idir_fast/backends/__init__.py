@@ -23,17 +23,14 @@ ENV_VAR = "IDIR_FAST_BACKEND"
 _FACTORIES: Dict[str, Callable[[], Backend]] = {
     "reference": ReferenceBackend,
     "torch": TorchBackend,
-}
+}  # "triton" is built by _make_triton (it imports triton lazily)
 _warned = set()
 
 
-def _make_triton() -> Backend:
+def _make_triton(automatic: bool = False) -> Backend:
     from .triton_backend import TritonBackend  # imports triton; may fail on unusual platforms
 
-    return TritonBackend()
-
-
-_FACTORIES["triton"] = _make_triton
+    return TritonBackend(fallback_on_error=automatic)
 
 
 class BackendError(RuntimeError):
@@ -57,7 +54,7 @@ def resolve_backend(name: str = "auto", device: torch.device = torch.device("cpu
         else:
             name = "triton" if device.type == "cuda" else "torch"
     try:
-        backend = _FACTORIES[name]()
+        backend = _make_triton(not explicit) if name == "triton" else _FACTORIES[name]()
         if not backend.supports(device):
             raise BackendError(f"backend {name!r} does not run on device {device}")
         return backend

@@ -1,0 +1,123 @@
+"""Fused Triton kernels against the torch backend and the autograd reference (interpreter on CPU, real kernels
+on CUDA), plus the ahead-of-time compile of every shipped configuration for sm_80 and sm_90."""
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from idir_fast import objectives  # noqa: E402
+from idir_fast.backends import ReferenceBackend, TorchBackend, resolve_backend  # noqa: E402
+from idir_fast.backends.torch_streams import siren_streams  # noqa: E402
+from idir_fast.siren import Siren  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and TRITON_INTERPRET is not set", allow_module_level=True)
+
+from idir_fast.kernels.siren_streams import siren_streams_triton  # noqa: E402
+
+# relative to the largest magnitude; float32 with "ieee" dots (interpreter: full float32; GPU: IEEE FMA)
+TOL = {torch.float64: {"out": 1e-11, "grad": 1e-10},
+       torch.float32: {"out": 2e-5, "grad": 5e-4}}
+GPU_TOL = {"ieee": TOL[torch.float32], "tf32x3": TOL[torch.float32], "tf32": {"out": 2e-2, "grad": 5e-2}}
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _fresh(hidden, omega, dtype):
+    """Random parameters, fresh each run (the seed is reported on failure); no exact zeros."""
+    seed = random.randrange(2 ** 31)
+    torch.manual_seed(seed)
+    s = Siren(hidden, omega=omega, dtype=dtype)
+    with torch.no_grad():
+        for p in s.parameters():
+            p.mul_(0.5 + torch.rand_like(p)).add_(1e-3 * torch.randn_like(p))
+    return s.to(DEVICE), seed
+
+
+CASES = [((16,), 1), ((16, 16, 16), 17), ((64, 64, 64), 1000), ((256,), 17), ((256, 256, 256), 17),
+         ((48, 80), 33)]
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+@pytest.mark.parametrize("hidden,n", CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32] if DEVICE.type == "cpu" else [torch.float32])
+def test_kernels_match_torch_streams_and_reference(order, hidden, n, dtype):
+    siren, seed = _fresh(hidden, 32.0 if hidden[0] >= 64 else 8.0, dtype)
+    x = (torch.rand(n, 3, dtype=dtype, device=DEVICE) * 2.2 - 1.1)
+    params = siren.parameter_list()
+    u_tri = siren_streams_triton(params, siren.omega, x, order)
+    u_ref = siren_streams([p.double() for p in params], siren.omega, x.double(), order)
+    up = torch.randn(u_tri.shape, dtype=dtype, device=DEVICE)
+    up = up + 0.1 * torch.sign(up)  # no zeros
+    g_tri = torch.autograd.grad((u_tri * up).sum(), params)
+    g_ref = torch.autograd.grad((u_ref * up.double()).sum(), params)
+    tol = TOL[dtype]
+    assert rel_err(u_tri.double(), u_ref) < tol["out"], f"outputs (seed {seed}): {rel_err(u_tri.double(), u_ref):.3g}"
+    for i, (a, b) in enumerate(zip(g_tri, g_ref)):
+        assert rel_err(a.double(), b) < tol["grad"], f"parameter {i} (seed {seed}): {rel_err(a.double(), b):.3g}"
+
+
+@pytest.mark.parametrize("regularizer", ["jacobian", "bending"])
+def test_triton_backend_equals_autograd_reference_on_the_objective(regularizer):
+    dtype = torch.float64 if DEVICE.type == "cpu" else torch.float32
+    siren, seed = _fresh((32, 32, 32), 16.0, dtype)
+    x = torch.rand(17, 3, dtype=dtype, device=DEVICE) * 2 - 1
+    order = objectives.derivative_order(regularizer)
+    tri = resolve_backend("triton", DEVICE)
+    assert tri.name == "triton"
+    out = []
+    for backend in (tri, ReferenceBackend()):
+        d = backend.derivatives(siren, x, order)
+        loss = d.phi.square().sum() + objectives.regularization(regularizer, d.J, d.H6)
+        out.append((d, loss, torch.autograd.grad(loss, siren.parameter_list())))
+    (d1, l1, g1), (d2, l2, g2) = out
+    tol = TOL[dtype]
+    for name in ("phi", "J", "H6"):
+        a, b = getattr(d1, name), getattr(d2, name)
+        if b is not None:
+            assert rel_err(a, b) < tol["out"], f"{name} (seed {seed})"
+    assert rel_err(l1, l2) < tol["out"]
+    for a, b in zip(g1, g2):
+        assert rel_err(a, b) < tol["grad"], f"seed {seed}"
+
+
+def test_bad_arguments():
+    siren, _ = _fresh((16,), 4.0, torch.float32)
+    x = torch.rand(5, 3, device=DEVICE)
+    with pytest.raises(ValueError, match="'precision' must be one of"):
+        siren_streams_triton(siren.parameter_list(), 4.0, x, 1, precision="fp16")
+    with pytest.raises(ValueError, match="'x' must have shape"):
+        siren_streams_triton(siren.parameter_list(), 4.0, x[:, :2], 1)
+    bad = Siren((24,)).to(DEVICE)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        siren_streams_triton(bad.parameter_list(), 4.0, x, 1)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="precision modes differ only on a GPU")
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3", "tf32"])
+def test_precision_modes_on_gpu(precision):
+    siren, seed = _fresh((256, 256, 256), 32.0, torch.float32)
+    x = torch.rand(1000, 3, device=DEVICE) * 2 - 1
+    params = siren.parameter_list()
+    u = siren_streams_triton(params, siren.omega, x, 2, precision)
+    ref = siren_streams([p.double() for p in params], siren.omega, x.double(), 2)
+    assert rel_err(u.double(), ref) < GPU_TOL[precision]["out"], f"seed {seed}"
+
+
+def test_ahead_of_time_compile_of_every_shipped_configuration():
+    """No GPU needed: triton.compile for sm_80 and sm_90, shared memory within limits, ptxas reports 0 spills."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, "-m", "idir_fast.kernels.aot", "--arch", "80", "90"], env=env,
+                          capture_output=True, text=True, timeout=1500)
+    print(proc.stdout[-6000:])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert '"failed": 0' in proc.stdout
