@@ -24,9 +24,10 @@ IDIR_HD void trilinear_value_grad(const T* vol, int nx, int ny, int nz, T x, T y
   const bool in_x = (x >= T(0)) && (x <= hx);
   const bool in_y = (y >= T(0)) && (y <= hy);
   const bool in_z = (z >= T(0)) && (z <= hz);
-  const T cx = x < T(0) ? T(0) : (x > hx ? hx : x);
-  const T cy = y < T(0) ? T(0) : (y > hy ? hy : y);
-  const T cz = z < T(0) ? T(0) : (z > hz ? hz : z);
+  // written so NaN lands on 0 (a NaN index must never reach the integer cast); NaN is propagated below
+  const T cx = x >= T(0) ? (x <= hx ? x : hx) : T(0);
+  const T cy = y >= T(0) ? (y <= hy ? y : hy) : T(0);
+  const T cz = z >= T(0) ? (z <= hz ? z : hz) : T(0);
   int i0 = static_cast<int>(cx);  // cx >= 0: truncation is floor
   int j0 = static_cast<int>(cy);
   int k0 = static_cast<int>(cz);
@@ -47,6 +48,13 @@ IDIR_HD void trilinear_value_grad(const T* vol, int nx, int ny, int nz, T x, T y
   *gy = in_y ? ((c01 - c00) * uz + (c11 - c10) * tz) : T(0);
   *gx = in_x ? (((c001 - c000) * uy + (c011 - c010) * ty) * uz + ((c101 - c100) * uy + (c111 - c110) * ty) * tz)
              : T(0);
+  if (x != x || y != y || z != z) {  // a diverged transform: let NaN reach the loss (and the divergence guard)
+    const T nan = x + y + z;
+    *value = nan;
+    *gx = nan;
+    *gy = nan;
+    *gz = nan;
+  }
 }
 
 // The five NCC sums of one point, accumulated in double: [Σf, Σm, Σf², Σm², Σfm].

@@ -123,6 +123,31 @@ def time_step(backend_name: str, regularizer: Optional[str], n_points: int, hidd
             "repeats": repeats}
 
 
+def profile_step(backend_name: str, regularizer: Optional[str], n_points: int, hidden: Sequence[int], device="cpu",
+                 steps: int = 3, rows: int = 15) -> str:
+    """Where one step's time goes, per operator/kernel (torch.profiler), for one backend."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    backend = resolve_backend(backend_name, device)
+    pair = synthetic_pair(n_points, device)
+    torch.manual_seed(0)
+    step = StepFunction(Siren(hidden).to(device), pair, backend, regularizer=regularizer,
+                        alpha=objectives.default_alpha(regularizer), compat=None, lr=1e-4)
+    for _ in range(2):
+        step(pair.points, pair.fixed_values)
+    _sync(device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step(pair.points, pair.fixed_values)
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    title = (f"profile: backend {backend.name}, regularizer {regularizer or 'none'}, {n_points} points, hidden "
+             f"{'x'.join(map(str, hidden))}, {steps} steps on {device}")
+    return title + "\n" + prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def machine_info(device="cpu") -> dict:
     from .api import environment
 
@@ -145,7 +170,7 @@ def machine_info(device="cpu") -> dict:
 
 def run(sizes: Iterable[tuple] = ((10_000, (256, 256, 256)),), backends: Sequence[str] = ("reference", "torch"),
         regularizers: Sequence[Optional[str]] = REGULARIZERS, device="cpu", repeats: int = 5, warmup: int = 2,
-        results_dir: Optional[str] = None, print_table: bool = True) -> List[dict]:
+        results_dir: Optional[str] = None, print_table: bool = True, profile: bool = False) -> List[dict]:
     """Benchmark every (size, regulariser, backend) side by side; append rows to ``results_dir``."""
     info = machine_info(device)
     rows = []
@@ -177,6 +202,15 @@ def run(sizes: Iterable[tuple] = ((10_000, (256, 256, 256)),), backends: Sequenc
         print(format_table(rows, info))
     if results_dir:
         save_rows(rows, info, results_dir)
+    if profile:
+        timed = [r for r in rows if "error" not in r]
+        if timed:
+            heaviest = max({r["regularizer"] for r in timed}, key=lambda g: ("none", "jacobian", "hyperelastic",
+                                                                             "bending").index(g))
+            best = min((r for r in timed if r["regularizer"] == heaviest), key=lambda r: r["ms_median"])
+            n, hidden = best["points"], tuple(int(h) for h in best["hidden"].split("x"))
+            print()
+            print(profile_step(best["backend"], None if heaviest == "none" else heaviest, n, hidden, device))
     return rows
 
 

@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated POINTS:HIDDEN sizes (default: the paper's and a smaller CPU size: "
                         "%(default)s)")
     b.add_argument("--repeats", type=int, default=5, help="timed steps per configuration (default: %(default)s)")
+    b.add_argument("--profile", action="store_true",
+                   help="also print where a step's time goes (per operator/kernel) for the fastest backend")
     b.add_argument("--results-dir", default=None,
                    help="folder to append results to (default: none; the repository uses benchmarks/results)")
     return parser
@@ -304,7 +306,8 @@ def cmd_bench(a) -> int:
                 sizes.append((int(n), _hidden(h)))
             except (ValueError, argparse.ArgumentTypeError):
                 raise InputError(f"'--sizes': expected POINTS:HIDDEN like 10000:256x256x256, got {item!r}") from None
-    run(sizes, backends, regs, device=dev, repeats=repeats, warmup=warmup, results_dir=a.results_dir)
+    run(sizes, backends, regs, device=dev, repeats=repeats, warmup=warmup, results_dir=a.results_dir,
+        profile=a.profile)
     return 0
 
 

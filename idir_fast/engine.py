@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -101,12 +102,13 @@ class StepFunction:
     """
 
     def __init__(self, siren, pair: PreparedPair, backend, *, regularizer: Optional[str], alpha: float,
-                 compat: Optional[str], lr: float):
+                 compat: Optional[str], lr: float, capturable: bool = False):
         self.siren, self.pair, self.backend = siren, pair, backend
         self.regularizer, self.alpha, self.compat = regularizer, float(alpha), compat
         self.order = objectives.derivative_order(regularizer)
         device = pair.points.device
-        self.optimizer = torch.optim.Adam(siren.parameters(), lr=lr)
+        # capturable: Adam keeps its step count on the device so the update can live inside a CUDA graph
+        self.optimizer = torch.optim.Adam(siren.parameters(), lr=lr, capturable=capturable)
         n2mi = torch.as_tensor(pair.normalised_to_moving_index, dtype=pair.points.dtype, device=device)
         self.lin, self.off = n2mi[:3, :3].T.contiguous(), n2mi[:3, 3].contiguous()
         self.zero = torch.zeros((), dtype=pair.points.dtype, device=device)
@@ -130,15 +132,34 @@ class StepFunction:
 
 def optimise(siren, pair: PreparedPair, backend, *, regularizer: Optional[str], alpha: float,
              compat: Optional[str], epochs: int, batch_size: int, lr: float, seed: int,
-             progress: bool = False, sync_every: int = 50, log=None) -> OptimResult:
-    """Run ``epochs`` Adam steps of ``−NCC + α·R`` on random mask points; returns the loss history."""
+             progress: bool = False, sync_every: int = 50, log=None, loop: str = "fast") -> OptimResult:
+    """Run ``epochs`` Adam steps of ``−NCC + α·R`` on random mask points; returns the loss history.
+
+    Args:
+        loop: ``"fast"`` — no host synchronisation inside the loop (history on the device, read every
+            ``sync_every`` epochs); on CUDA the step is captured once as a CUDA graph and replayed, falling back
+            to eager launches with one warning when capture fails. ``"eager"`` — the plain loop that reads the
+            loss every step (the reference the fast loop is tested against).
+    """
+    if loop not in ("fast", "eager"):
+        raise ValueError(f"'loop' must be 'fast' or 'eager', got {loop!r}")
     device = pair.points.device
+    use_graph = loop == "fast" and device.type == "cuda"
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
-    step = StepFunction(siren, pair, backend, regularizer=regularizer, alpha=alpha, compat=compat, lr=lr)
+    step = StepFunction(siren, pair, backend, regularizer=regularizer, alpha=alpha, compat=compat, lr=lr,
+                        capturable=use_graph)
     history = torch.zeros(epochs, len(HISTORY_TERMS), dtype=pair.points.dtype, device=device)
     batch = min(int(batch_size), pair.num_points)
     full_batch = batch == pair.num_points
+    if loop == "eager":
+        sync_every = 1
+
+    def draw():
+        if full_batch:
+            return pair.points, pair.fixed_values
+        idx = torch.randperm(pair.num_points, generator=gen, device=device)[:batch]
+        return pair.points[idx], pair.fixed_values[idx]
 
     bar = None
     if progress:
@@ -147,14 +168,23 @@ def optimise(siren, pair: PreparedPair, backend, *, regularizer: Optional[str], 
         bar = tqdm(total=epochs, desc=f"IDIR {regularizer or 'no-reg'} [{backend.name}]", unit="epoch",
                    dynamic_ncols=True, leave=True)
     t0 = time.perf_counter()
+    graph = None
     try:
         for epoch in range(epochs):
-            if full_batch:
-                x, f = pair.points, pair.fixed_values
+            x, f = draw()
+            if use_graph and graph is None and epoch >= _GRAPH_WARMUP:
+                graph = _capture(step, x, f)
+                if graph is None:
+                    use_graph = False
+            if graph is not None:
+                graph.static_x.copy_(x)
+                graph.static_f.copy_(f)
+                graph.replay()
+                history[epoch].copy_(graph.static_out)
+            elif use_graph:  # warm-up epochs run on a side stream, as capture requires
+                history[epoch] = _on_side_stream(step, x, f)
             else:
-                idx = torch.randperm(pair.num_points, generator=gen, device=device)[:batch]
-                x, f = pair.points[idx], pair.fixed_values[idx]
-            history[epoch] = step(x, f)
+                history[epoch] = step(x, f)
             if (epoch + 1) % sync_every == 0 or epoch + 1 == epochs:
                 _check_and_report(history, epoch, bar, sync_every, log)
     finally:
@@ -163,6 +193,44 @@ def optimise(siren, pair: PreparedPair, backend, *, regularizer: Optional[str], 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return OptimResult(history=history.cpu().numpy(), seconds=time.perf_counter() - t0, epochs_run=epochs)
+
+
+_GRAPH_WARMUP = 3
+_graph_warned = False
+
+
+class _Graph:
+    pass
+
+
+def _on_side_stream(step, x, f):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        out = step(x, f)
+    torch.cuda.current_stream().wait_stream(s)
+    return out
+
+
+def _capture(step, x, f):
+    """Capture one optimisation step as a CUDA graph; ``None`` (and one warning) when capture is impossible."""
+    global _graph_warned
+    g = _Graph()
+    try:
+        g.static_x, g.static_f = x.clone(), f.clone()
+        g.graph = torch.cuda.CUDAGraph()
+        step.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(g.graph):
+            g.static_out = step(g.static_x, g.static_f)
+        g.replay = g.graph.replay
+        return g
+    except Exception as err:  # noqa: BLE001 — any capture failure: keep going eagerly
+        if not _graph_warned:
+            _graph_warned = True
+            warnings.warn(f"idir_fast: CUDA graph capture failed ({type(err).__name__}: {err}); running the "
+                          "loop with eager launches", RuntimeWarning, stacklevel=3)
+        torch.cuda.synchronize()
+        return None
 
 
 def _check_and_report(history, epoch, bar, sync_every, log):

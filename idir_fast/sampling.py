@@ -19,8 +19,9 @@ def _corners(volume: torch.Tensor, index: torch.Tensor):
     nz, ny, nx = volume.shape
     size = torch.tensor([nx, ny, nz], dtype=index.dtype, device=index.device)
     inside = (index >= 0) & (index <= size - 1)
-    # where-based clamp: derivative 1 on the closed interval (torch.minimum would halve it at equality)
-    clamped = torch.where(index < 0, torch.zeros_like(index), torch.where(index > size - 1, size - 1, index))
+    # where-based clamp: derivative 1 on the closed interval (torch.minimum would halve it at equality);
+    # NaN goes to 0 so it never reaches the integer cast, and is added back to the value by the callers
+    clamped = torch.where(index >= 0, torch.where(index > size - 1, size - 1, index), torch.zeros_like(index))
     base = torch.minimum(torch.floor(clamped), size - 2).long()
     t = clamped - base.to(index.dtype)
     i0, j0, k0 = base.unbind(-1)
@@ -46,7 +47,8 @@ def trilinear(volume: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     c11 = c110 + (c111 - c110) * tx
     c0 = c00 + (c01 - c00) * ty
     c1 = c10 + (c11 - c10) * ty
-    return c0 + (c1 - c0) * tz
+    value = c0 + (c1 - c0) * tz
+    return torch.where(torch.isnan(index).any(-1), index.sum(-1), value)  # a diverged Φ stays visible
 
 
 def trilinear_with_gradient(volume: torch.Tensor, index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +73,9 @@ def trilinear_with_gradient(volume: torch.Tensor, index: torch.Tensor) -> Tuple[
         dy = (c01 - c00) * uz + (c11 - c10) * tz
         dx = ((c001 - c000) * uy + (c011 - c010) * ty) * uz + ((c101 - c100) * uy + (c111 - c110) * ty) * tz
         grad = torch.stack([dx, dy, dz], dim=-1) * inside.to(volume.dtype)
+        bad = torch.isnan(index).any(-1)
+        value = torch.where(bad, index.sum(-1), value)
+        grad = torch.where(bad[:, None], index.sum(-1, keepdim=True).expand_as(grad), grad)
     return value, grad
 
 

@@ -118,3 +118,20 @@ def test_cuda_source_compiles_without_spills(arch, tmp_path):
     registers = [int(x) for x in re.findall(r"Used (\d+) registers", report)]
     assert len(registers) == 4 and spills and max(spills) == 0
     assert max(registers) <= 64
+
+
+@pytest.mark.parametrize("use_ext", [False, True])
+def test_nan_points_propagate_instead_of_crashing(use_ext):
+    if use_ext and ext is None:
+        pytest.skip("compiled extension not built")
+    vol, idx, f = _problem(torch.float64, 40)
+    idx[3, 1] = float("nan")
+    idx[5, 0] = float("inf")
+    if use_ext:
+        values, grads, _ = ext.sample_ncc_forward(vol, idx, f)
+    else:
+        values, grads = trilinear_with_gradient(vol, idx)
+    assert torch.isnan(values[3]) and torch.isnan(grads[3]).all()
+    assert torch.isfinite(values[5]) and grads[5, 0] == 0  # +inf is outside: border value, zero derivative
+    assert torch.isfinite(values[torch.arange(40) != 3]).all()
+    assert torch.isnan(trilinear(vol, idx)[3])
