@@ -132,8 +132,9 @@ def split_extension(path: Union[str, os.PathLike]) -> tuple:
 
 def check_writable_prefix(prefix: Union[str, os.PathLike], name: str = "prefix") -> Path:
     """Fail early (before any work) if outputs cannot be written next to ``prefix``."""
+    text = os.fspath(prefix)
     prefix = Path(prefix)
-    folder = prefix.parent if str(prefix.parent) else Path(".")
+    folder = prefix if text.endswith(os.sep) else (prefix.parent if str(prefix.parent) else Path("."))
     if not folder.exists():
         raise InputError(f"'{name}': output folder {str(folder)!r} does not exist")
     if not folder.is_dir():

@@ -177,7 +177,8 @@ class Registration:
         """
         if field_format not in (".nii.gz", ".nii", ".mha", ".nrrd"):
             raise InputError(f"'field_format' must be .nii.gz, .nii, .mha or .nrrd, got {field_format!r}")
-        prefix = str(check_writable_prefix(prefix, "prefix"))
+        check_writable_prefix(prefix, "prefix")
+        prefix = os.fspath(prefix)  # keep a trailing separator: "out/" writes out/0Warp.nii.gz, …
         out = {}
         field = self.displacement_field()
         out["field"] = write_image(field, prefix + "0Warp" + field_format)
