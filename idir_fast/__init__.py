@@ -11,7 +11,9 @@ Entry points: :func:`register`, :func:`load`, :class:`Registration`, the ``idir-
 __version__ = "0.1.0"
 
 from .api import register  # noqa: E402
+from .cohort import register_cohort  # noqa: E402
 from .io import InputError  # noqa: E402
+from .many import register_many  # noqa: E402
 from .registration import Registration, load  # noqa: E402
 
-__all__ = ["register", "load", "Registration", "InputError", "__version__"]
+__all__ = ["register", "register_many", "register_cohort", "load", "Registration", "InputError", "__version__"]

@@ -148,6 +148,36 @@ def profile_step(backend_name: str, regularizer: Optional[str], n_points: int, h
     return title + "\n" + prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
+def throughput(n_pairs: int, epochs: int, n_points: int, hidden: Sequence[int], regularizer: Optional[str] = "bending",
+               device="cpu", size=(40, 36, 32)) -> dict:
+    """Pairs per hour: ``register`` one pair after another vs ``register_many`` with all pairs in one batch,
+    measured in the same run on phantom pairs (the same work: ``epochs`` × ``n_points`` per pair)."""
+    from .api import register
+    from .data import phantom_pair
+    from .many import register_many
+
+    pairs = [phantom_pair(size=size, spacing=(4.0, 4.0, 4.0), seed=i, num_landmarks=10) for i in range(n_pairs)]
+    kw = dict(regularizer=regularizer, epochs=epochs, batch_size=n_points, hidden=tuple(hidden), device=device,
+              progress=False)
+    t = time.perf_counter()
+    for p in pairs:
+        register(p.fixed, p.moving, p.mask, backend="torch", **kw)
+    _sync(device)
+    sequential = time.perf_counter() - t
+    t = time.perf_counter()
+    register_many([(p.fixed, p.moving, p.mask) for p in pairs], pairs_per_batch=n_pairs, **kw)
+    _sync(device)
+    batched = time.perf_counter() - t
+    row = {"pairs": n_pairs, "epochs": epochs, "points": n_points, "hidden": "x".join(map(str, hidden)),
+           "regularizer": regularizer or "none", "sequential_s": sequential, "batched_s": batched,
+           "sequential_pairs_per_hour": 3600 * n_pairs / sequential, "batched_pairs_per_hour": 3600 * n_pairs / batched,
+           "speedup": sequential / batched}
+    print(f"throughput, {n_pairs} pairs × {epochs} epochs × {n_points} points, SIREN {row['hidden']}, "
+          f"{row['regularizer']}, {device}: one at a time {row['sequential_pairs_per_hour']:.0f} pairs/h, "
+          f"batched {row['batched_pairs_per_hour']:.0f} pairs/h ({row['speedup']:.2f}×)")
+    return row
+
+
 def machine_info(device="cpu") -> dict:
     from .api import environment
 

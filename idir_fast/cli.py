@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated POINTS:HIDDEN sizes (default: the paper's and a smaller CPU size: "
                         "%(default)s)")
     b.add_argument("--repeats", type=int, default=5, help="timed steps per configuration (default: %(default)s)")
+    b.add_argument("--throughput", type=int, default=0, metavar="PAIRS",
+                   help="also measure pairs/hour of register() one at a time vs register_many() with PAIRS pairs")
     b.add_argument("--profile", action="store_true",
                    help="also print where a step's time goes (per operator/kernel) for the fastest backend")
     b.add_argument("--results-dir", default=None,
@@ -343,6 +345,17 @@ def cmd_bench(a) -> int:
                 raise InputError(f"'--sizes': expected POINTS:HIDDEN like 10000:256x256x256, got {item!r}") from None
     run(sizes, backends, regs, device=dev, repeats=repeats, warmup=warmup, results_dir=a.results_dir,
         profile=a.profile)
+    if a.throughput:
+        from .bench import throughput
+
+        n, hidden = sizes[-1]
+        row = throughput(a.throughput, 5 if a.quick else 50, min(n, 2000), hidden, device=dev)
+        if a.results_dir:
+            from .io import write_json
+
+            info = __import__("idir_fast.bench", fromlist=["machine_info"]).machine_info(dev)
+            stamp = info["timestamp"].replace(":", "").replace("-", "")
+            write_json({"machine": info, "throughput": row}, Path(a.results_dir) / f"throughput_{stamp}.json")
     return 0
 
 

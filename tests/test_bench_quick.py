@@ -8,15 +8,18 @@ from idir_fast.cli import main
 
 
 def test_bench_quick_mode_prints_the_table_and_appends_results(tmp_path, capsys):
-    rc = main(["bench", "--quick", "--device", "cpu", "--results-dir", str(tmp_path), "--profile"])
+    rc = main(["bench", "--quick", "--device", "cpu", "--results-dir", str(tmp_path), "--profile",
+               "--throughput", "2"])
     assert rc == 0
     out = capsys.readouterr().out
-    for word in ("reference", "torch", "bending", "passes", "speed-up", "floor ms", "profile: backend"):
+    for word in ("reference", "torch", "bending", "passes", "speed-up", "floor ms", "profile: backend",
+                 "pairs/h"):
         assert word in out
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(rows) == 8 and {r["backend"] for r in rows} == {"reference", "torch"}
     assert {r["passes"] for r in rows if r["backend"] == "reference"} == {"1", "4", "13"}
-    run = json.loads(next(tmp_path.glob("*.json")).read_text())
+    run = json.loads(next(p for p in tmp_path.glob("*.json") if not p.name.startswith("throughput")).read_text())
+    assert json.loads(next(tmp_path.glob("throughput_*.json")).read_text())["throughput"]["pairs"] == 2
     assert {"device_name", "torch", "commit", "timestamp"} <= set(run["machine"])
 
 
