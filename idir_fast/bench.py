@@ -237,7 +237,9 @@ def run(sizes: Iterable[tuple] = ((10_000, (256, 256, 256)),), backends: Sequenc
         if timed:
             heaviest = max({r["regularizer"] for r in timed}, key=lambda g: ("none", "jacobian", "hyperelastic",
                                                                              "bending").index(g))
-            best = min((r for r in timed if r["regularizer"] == heaviest), key=lambda r: r["ms_median"])
+            first_size = (timed[0]["points"], timed[0]["hidden"])  # the first (paper) size
+            best = min((r for r in timed if r["regularizer"] == heaviest
+                        and (r["points"], r["hidden"]) == first_size), key=lambda r: r["ms_median"])
             n, hidden = best["points"], tuple(int(h) for h in best["hidden"].split("x"))
             print()
             print(profile_step(best["backend"], None if heaviest == "none" else heaviest, n, hidden, device))
