@@ -39,12 +39,12 @@ def _extensions():
 
     csrc = "csrc"
     sources = [f"{csrc}/bindings.cpp", f"{csrc}/sample_ncc_cpu.cpp"]
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp"]  # the C++ standard is the one torch asks for
     with_cuda = os.environ.get("IDIR_FAST_FORCE_CUDA") == "1" or (torch.version.cuda is not None
                                                                    and CUDA_HOME is not None)
     if with_cuda:
         arch = os.environ.get("IDIR_FAST_CUDA_ARCHS", "80;90").split(";")
-        nvcc = ["-O3", "-std=c++17"] + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in arch if a]
+        nvcc = ["-O3"] + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in arch if a]
         ext = CUDAExtension("idir_fast._C", sources + [f"{csrc}/sample_ncc_cuda.cpp", f"{csrc}/sample_ncc.cu"],
                             define_macros=[("WITH_CUDA", None)],
                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
