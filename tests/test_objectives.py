@@ -6,7 +6,6 @@ import torch
 from idir_fast import objectives
 from idir_fast.backends import ReferenceBackend, TorchBackend
 
-torch.set_default_dtype(torch.float64)
 
 
 class AnalyticField:
