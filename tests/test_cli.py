@@ -78,3 +78,18 @@ def test_demo_runs_quickly_with_few_epochs(tmp_path, capsys):
 
 def json_load(path):
     return json.loads(path.read_text())
+
+
+def test_register_mha_outputs_and_itk_transform(tiny_pair, tmp_path):
+    p = _write_pair(tiny_pair, tmp_path)
+    rc = main(["register", p["fixed"], p["moving"], "--mask", p["mask"], "--out", str(tmp_path / "r_"),
+               "--epochs", "3", "--batch-size", "100", "--hidden", "16", "--no-progress", "--format", ".mha",
+               "--itk-transform", "--regularizer", "none"])
+    assert rc == 0
+    for name in ("r_0Warp.mha", "r_Warped.mha", "r_JacDet.mha", "r_Transform.h5"):
+        assert (tmp_path / name).exists(), name
+    tx = sitk.ReadTransform(str(tmp_path / "r_Transform.h5"))
+    field = sitk.ReadImage(str(tmp_path / "r_0Warp.mha"))
+    pt = field.TransformIndexToPhysicalPoint((3, 4, 5))
+    expected = np.add(pt, field[3, 4, 5])
+    np.testing.assert_allclose(tx.TransformPoint(pt), expected, atol=1e-4)

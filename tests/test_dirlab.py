@@ -79,3 +79,29 @@ def test_dirlab_cli_identity(shared_data, capsys):
     out = capsys.readouterr().out
     assert "3.89" in out and "9.83" in out
     assert main(["dirlab", "--data", str(shared_data / "dirlab"), "--case", "12", "--identity"]) == 2
+
+
+def test_dirlab_cli_registers_a_case_end_to_end(tmp_path, monkeypatch, capsys):
+    """The full `idir-fast dirlab` path on a small synthetic case written in the DIR-LAB raw format."""
+    from idir_fast.data import phantom_pair
+
+    size, sp = (40, 36, 32), (5.0, 5.0, 5.0)
+    monkeypatch.setitem(dirlab.CASES, 1, (size, (sp[0], sp[2]), 0.0))
+    pair = phantom_pair(size=size, spacing=sp, num_landmarks=20, seed=5)
+    folder = tmp_path / "Case1Pack"
+    folder.mkdir()
+    for phase, img in (("T00", pair.fixed), ("T50", pair.moving)):
+        raw = np.clip(np.round(sitk.GetArrayFromImage(img) + dirlab.HU_OFFSET), 0, 4000).astype("<i2")
+        (folder / f"case1_{phase}_s.img").write_bytes(raw.tobytes())
+    for phase, pts in (("T00", pair.fixed_landmarks), ("T50", pair.moving_landmarks)):
+        idx1 = pts / np.asarray(sp) + 1.0  # world (origin 0) → 1-based index
+        (folder / f"Case1_300_{phase}_xyz.txt").write_text("".join(f"{x:.3f}\t{y:.3f}\t{z:.3f}\r\n" for x, y, z in idx1))
+    out = tmp_path / "out"
+    rc = main(["dirlab", "--data", str(tmp_path), "--case", "1", "--out", str(out), "--epochs", "120",
+               "--batch-size", "1500", "--hidden", "64,64,64", "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    report = __import__("json").loads((out / "case1_report.json").read_text())
+    before, after = report["metrics"]["tre_initial"]["mean"], report["metrics"]["tre"]["mean"]
+    assert after < 0.5 * before, (before, after)
+    assert (out / "case1_fig_tre.png").exists()
+    assert "TRE after" in capsys.readouterr().out
