@@ -1,5 +1,6 @@
-"""Build script: the Python package, ``kernels/`` installed as ``idir_fast.kernels``, the ``idir-fast`` command,
-and the optional compiled extension ``idir_fast._C`` from ``csrc/`` (fused trilinear sampling + NCC).
+"""Build script: the Python package (``idir_fast`` and its subpackages, the Triton kernels in
+``idir_fast/kernels``), the ``idir-fast`` command, and the optional compiled extension ``idir_fast._C`` from
+``csrc/`` (fused trilinear sampling + NCC).
 
 The extension is built with ``torch.utils.cpp_extension`` and ninja: with CUDA when torch has CUDA and nvcc is
 found (or ``IDIR_FAST_FORCE_CUDA=1``), CPU-only otherwise. It needs torch at build time, so install with
@@ -11,14 +12,14 @@ import re
 import sys
 import warnings
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext as _build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _version():
-    with open(os.path.join(HERE, "idir_fast", "__init__.py")) as fh:
+    with open(os.path.join(HERE, "idir_fast", "version.py")) as fh:
         return re.search(r'__version__ = "([^"]+)"', fh.read()).group(1)
 
 
@@ -80,8 +81,7 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["idir_fast", "idir_fast.backends", "idir_fast.kernels"],
-    package_dir={"idir_fast": "idir_fast", "idir_fast.kernels": "kernels"},
+    packages=find_packages(include=["idir_fast", "idir_fast.*"]),
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[
@@ -96,6 +96,6 @@ setup(
         "test": ["pytest>=7", "pytest-benchmark>=4"],
         "ray": ["ray>=2.9"],
     },
-    entry_points={"console_scripts": ["idir-fast=idir_fast.cli:main"]},
+    entry_points={"console_scripts": ["idir-fast=idir_fast.apps.cli:main"]},
     zip_safe=False,
 )

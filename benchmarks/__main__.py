@@ -2,7 +2,7 @@
 import os
 import sys
 
-from idir_fast.cli import main
+from idir_fast.apps.cli import main
 
 if __name__ == "__main__":
     args = sys.argv[1:]

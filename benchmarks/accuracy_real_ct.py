@@ -20,9 +20,9 @@ import numpy as np
 import SimpleITK as sitk
 
 import idir_fast
-from idir_fast.bench import machine_info
+from idir_fast.environment import machine_info
 from idir_fast.data import deformed_pair
-from idir_fast.metrics import folding, sdlogj
+from idir_fast.core.metrics import folding, sdlogj
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CT = HERE.parent.parent / "shared" / "data" / "ct" / "chest_ct_1p5mm.nii.gz"

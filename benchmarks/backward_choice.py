@@ -1,15 +1,115 @@
 """Autograd over the stream forward vs the hand-written adjoint backward, interleaved in one run.
 
 ``python benchmarks/backward_choice.py [POINTS] [HIDDEN]`` — the measurement behind the torch backend's choice.
+The hand-written backward lives here, not in the package: it lost the measurement, and it is the PyTorch
+blueprint of the Triton adjoint kernel (``idir_fast/kernels/siren_streams.py``), tested equal to autograd in
+``tests/test_torch_streams.py``.
 """
 import statistics
 import sys
 import time
+from typing import Sequence
 
 import torch
 
-from idir_fast.backends.torch_streams import siren_streams, siren_streams_manual
-from idir_fast.siren import Siren
+from idir_fast.core.derivatives import PAIRS
+from idir_fast.core.siren import Siren
+from idir_fast.ops.siren_streams import _sine_streams, siren_streams
+
+# Hand-written backward (the adjoints of shared/notes/engine-math.md). The same algebra is what the Triton
+# kernels implement; kept here as their blueprint and measured against autograd over the forward (README).
+def _sine_adjoint(ga: torch.Tensor, z0: torch.Tensor, zi, zab, omega: float, order: int) -> torch.Tensor:
+    """Pre-activation adjoints ``z̄`` ``(S, N, H)`` of a sine layer from its output adjoints ``ā``.
+
+    ``zi``/``zab`` are the pre-activation derivative streams (``None`` for ``zab`` in the first layer, where
+    they vanish; ``zi`` are then ``(H,)`` weight columns).
+    """
+    s = torch.sin(omega * z0)
+    c = omega * torch.cos(omega * z0)
+    ga = ga.unbind(0)
+    g0 = c * ga[0]
+    if order == 0:
+        return g0.unsqueeze(0)
+    q = (-omega * omega) * s
+    gi = [c * ga[1 + i] for i in range(3)]
+    acc0 = zi[0] * ga[1] + zi[1] * ga[2] + zi[2] * ga[3]
+    gab = []
+    if order >= 2:
+        w2c = (omega * omega) * c
+        for p, (a, b) in enumerate(PAIRS):
+            gp = ga[4 + p]
+            gab.append(c * gp)
+            if a == b:
+                gi[a] = gi[a] + q * (2.0 * zi[a]) * gp
+            else:
+                gi[a] = gi[a] + q * zi[b] * gp
+                gi[b] = gi[b] + q * zi[a] * gp
+            zz = zi[a] * zi[b]
+            g0 = g0 + (-w2c * zz) * gp if zab is None else g0 + (q * zab[p] - w2c * zz) * gp
+    g0 = g0 + q * acc0
+    return torch.stack([g0] + gi + gab)
+
+
+class _SirenStreamsFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, omega, order, *params):
+        n_layers = len(params) // 2
+        hs, zs = [], []
+        with torch.no_grad():
+            w0, b0 = params[0], params[1]
+            z0 = torch.addmm(b0, x, w0.T)
+            zs.append(z0)
+            h = _sine_streams(z0, torch.zeros_like(b0), omega, order, first_layer_w=w0)
+            for layer in range(1, n_layers):
+                w, b = params[2 * layer], params[2 * layer + 1]
+                S, N, width = h.shape
+                hs.append(h)
+                z = (h.reshape(S * N, width) @ w.T).reshape(S, N, -1)
+                z[0].add_(b)
+                if layer == n_layers - 1:
+                    out = z
+                    break
+                zs.append(z)
+                h = _sine_streams(z, torch.zeros_like(b), omega, order)
+        ctx.omega, ctx.order, ctx.n_layers = omega, order, n_layers
+        ctx.save_for_backward(x, *params, *hs, *zs)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        omega, order, L = ctx.omega, ctx.order, ctx.n_layers
+        saved = ctx.saved_tensors
+        x, params = saved[0], saved[1:1 + 2 * L]
+        hs, zs = saved[1 + 2 * L:1 + 3 * L - 1], saved[1 + 3 * L - 1:]
+        grads = [None] * (2 * L)
+        g = grad_out.contiguous()
+        for layer in range(L - 1, 0, -1):
+            w = params[2 * layer]
+            h = hs[layer - 1]
+            S, N, width = h.shape
+            g2 = g.reshape(S * N, -1)
+            grads[2 * layer] = g2.T @ h.reshape(S * N, width)
+            grads[2 * layer + 1] = g[0].sum(0)
+            gh = (g2 @ w).reshape(S, N, width)
+            z = zs[layer - 1]
+            if layer - 1 == 0:
+                w0 = params[0]
+                g = _sine_adjoint(gh, z, w0.unbind(1), None, omega, order)
+            else:
+                zu = z.unbind(0)
+                g = _sine_adjoint(gh, zu[0], zu[1:4], zu[4:], omega, order)
+        # first layer: z = W0 x + b0, z_i = W0[:, i]
+        gw0 = g[0].T @ x
+        if order >= 1:
+            gw0 = gw0 + torch.stack([g[1 + i].sum(0) for i in range(3)], dim=1)
+        grads[0], grads[1] = gw0, g[0].sum(0)
+        return (None, None, None, *grads)
+
+
+def siren_streams_manual(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor, order: int) -> torch.Tensor:
+    """:func:`siren_streams` with the hand-written backward (gradients w.r.t. the parameters only)."""
+    return _SirenStreamsFn.apply(x, float(omega), int(order), *params)
+
 
 
 def main(n=10_000, hidden=(256, 256, 256), repeats=7):

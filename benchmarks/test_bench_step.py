@@ -6,34 +6,29 @@ import os
 import pytest
 import torch
 
-from idir_fast import objectives
-from idir_fast.backends import resolve_backend
-from idir_fast.bench import synthetic_pair
-from idir_fast.engine import StepFunction
-from idir_fast.siren import Siren
+from idir_fast import backends
+from idir_fast.apps.bench import make_step
+from idir_fast.core import objectives
 
 POINTS = int(os.environ.get("IDIR_BENCH_POINTS", "2000"))
 HIDDEN = tuple(int(h) for h in os.environ.get("IDIR_BENCH_HIDDEN", "128x128x128").split("x"))
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-BACKENDS = ["reference", "torch"] + (["triton"] if DEVICE.type == "cuda" else [])
+BACKENDS = [b for b in backends.names() if backends.get(b).unavailable(DEVICE) is None]
 
 
 @pytest.mark.parametrize("regularizer", [None, "jacobian", "hyperelastic", "bending"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_step(benchmark, backend, regularizer):
-    pair = synthetic_pair(POINTS, DEVICE)
-    torch.manual_seed(0)
-    impl = resolve_backend(backend, DEVICE)
-    step = StepFunction(Siren(HIDDEN).to(DEVICE), pair, impl, regularizer=regularizer,
-                        alpha=objectives.default_alpha(regularizer), compat=None, lr=1e-4)
+    step, pair = make_step(backend, regularizer, POINTS, HIDDEN, DEVICE)
+    x, f = pair.points[None], pair.fixed_values[None]
 
     def run():
-        out = step(pair.points, pair.fixed_values)
+        out = step(x, f)
         if DEVICE.type == "cuda":
             torch.cuda.synchronize()
         return out
 
     benchmark.extra_info.update(backend=backend, regularizer=regularizer or "none", points=POINTS,
-                                passes=impl.backward_passes(objectives.derivative_order(regularizer)))
+                                passes=step.backend.backward_passes(objectives.derivative_order(regularizer)))
     out = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
     assert torch.isfinite(out).all()

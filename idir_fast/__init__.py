@@ -6,14 +6,18 @@ A SIREN MLP represents the transform ``Φ(x) = x + u(x)`` that maps points of th
 NCC), regularised by the Jacobian determinant, a hyperelastic energy or the bending energy, all computed from the
 network's analytic derivatives.
 
-Entry points: :func:`register`, :func:`load`, :class:`Registration`, the ``idir-fast`` command.
+Entry points: :func:`register`, :func:`register_many`, :func:`register_cohort`, :func:`load`,
+:class:`Registration`, :class:`RunSettings`, the ``idir-fast`` command. Layers (each imports only those below
+it): ``core`` (maths) → ``ops``/``kernels`` (fast paths) → ``backends`` → ``settings`` → ``optim`` (the loop) and
+``io`` (files) → ``registration``/``api`` → ``apps`` (command line, cohorts, benchmark).
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
-from .api import register  # noqa: E402
-from .cohort import register_cohort  # noqa: E402
-from .io import InputError  # noqa: E402
-from .many import register_many  # noqa: E402
+from .api import register, register_many  # noqa: E402
+from .apps.cohort import register_cohort  # noqa: E402
+from .errors import BackendError, DivergenceError, InputError  # noqa: E402
 from .registration import Registration, load  # noqa: E402
+from .settings import RunSettings  # noqa: E402
 
-__all__ = ["register", "register_many", "register_cohort", "load", "Registration", "InputError", "__version__"]
+__all__ = ["register", "register_many", "register_cohort", "load", "Registration", "RunSettings", "InputError",
+           "DivergenceError", "BackendError", "__version__"]

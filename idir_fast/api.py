@@ -1,71 +1,104 @@
-"""``idir_fast.register``: one call that registers two 3-D images the way the IDIR paper does."""
+"""``idir_fast.register`` and ``idir_fast.register_many``: read and check the inputs, build one
+:class:`~idir_fast.settings.RunSettings`, optimise (:mod:`idir_fast.optim`), and return
+:class:`~idir_fast.registration.Registration` objects — the same path for one pair and for many."""
 from __future__ import annotations
 
 import os
-import platform
 import time
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
-from . import objectives
-from .backends import resolve_backend
-from .engine import HISTORY_TERMS, default_sync_every, optimise, prepare_pair
-from .geometry import NORMALISATIONS
-from .io import ImageLike, InputError, as_image, as_mask
+from .core.metrics import tre
+from .environment import environment
+from .errors import InputError
+from .io.images import ImageLike, as_image, as_mask
+from .io.landmarks import read_points
+from .optim.prepare import PreparedPair, prepare_pair
+from .optim.run import Trained, optimise
+from .optim.step import HISTORY_TERMS
 from .registration import Registration
-from .siren import Siren
-
-DEFAULT_LR = 1e-4
-COMPAT_LR = {"idir-2022": 1e-5}
+from .settings import RunSettings, with_setting_parameters
 
 
-def environment(device: Optional[torch.device] = None) -> dict:
-    """Library versions and the device, recorded with every run."""
-    import SimpleITK as sitk
+@dataclass
+class PairInputs:
+    """One pair's inputs, read and checked (before any optimisation)."""
 
-    from . import __version__
-
-    env = {"idir_fast": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": np.__version__, "SimpleITK": sitk.Version_VersionString(), "platform": platform.platform(),
-           "torch_threads": torch.get_num_threads()}
-    try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except Exception:  # noqa: BLE001 — triton is optional on non-Linux platforms
-        env["triton"] = None
-    if device is not None and torch.device(device).type == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    else:
-        env["device_name"] = platform.processor() or platform.machine()
-    return env
+    fixed: sitk.Image
+    moving: sitk.Image
+    mask: Optional[sitk.Image]
+    fixed_landmarks: Optional[np.ndarray] = None
+    moving_landmarks: Optional[np.ndarray] = None
+    paths: Dict[str, str] = field(default_factory=dict)
 
 
-def resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise InputError(f"'device' is not a valid torch device: {device!r} ({err})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"'device' is {device!r} but CUDA is not available on this machine "
-                         "(this PyTorch build or machine has no GPU); use device='cpu'")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"'device' must be a CPU or CUDA device, got {device!r}")
-    return dev
+def read_pair(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = None, *, names=None, spacing=None,
+              origin=None, direction=None, fixed_landmarks=None, moving_landmarks=None) -> PairInputs:
+    """Read and validate one pair's images, mask and landmarks; ``names`` prefixes argument names in errors."""
+    label = (names or "{}").format
+    geometry = dict(spacing=spacing, origin=origin, direction=direction)
+    fixed_img = as_image(fixed, label("fixed"), **geometry)
+    moving_img = as_image(moving, label("moving"), **geometry)
+    mask_img = as_mask(mask, label("mask"), fixed_img)
+    fl, ml = _landmarks(fixed_landmarks, moving_landmarks, label)
+    paths = {f"{name}_path": os.path.abspath(os.fspath(obj)) for name, obj in
+             (("fixed", fixed), ("moving", moving), ("mask", mask)) if isinstance(obj, (str, os.PathLike))}
+    return PairInputs(fixed_img, moving_img, mask_img, fl, ml, paths)
 
 
-def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = None, *,
-             regularizer: Optional[str] = "bending", alpha: Optional[float] = None, epochs: int = 2500,
-             batch_size: int = 10_000, lr: Optional[float] = None, hidden: Sequence[int] = (256, 256, 256),
-             omega: float = 32.0, backend: str = "auto", device=None, seed: int = 0, progress: bool = True,
-             compat: Optional[str] = None, init: Optional[str] = None, normalisation: Optional[str] = None,
-             spacing=None, origin=None, direction=None, dtype: torch.dtype = torch.float32,
-             fixed_landmarks=None, moving_landmarks=None) -> Registration:
+def _landmarks(fixed_landmarks, moving_landmarks, label=str.format):
+    if (fixed_landmarks is None) != (moving_landmarks is None):
+        raise InputError(f"'{label('fixed_landmarks')}' and '{label('moving_landmarks')}' must be given together")
+    if fixed_landmarks is None:
+        return None, None
+    out = []
+    for name, pts in (("fixed_landmarks", fixed_landmarks), ("moving_landmarks", moving_landmarks)):
+        name = label(name)
+        arr = read_points(pts, name) if isinstance(pts, (str, bytes, os.PathLike)) \
+            else np.asarray(pts, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != 3:
+            raise InputError(f"'{name}' must have shape (N, 3), got {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"'{name}' contains NaN/Inf")
+        out.append(arr)
+    if out[0].shape != out[1].shape:
+        raise InputError(f"'{label('fixed_landmarks')}' and '{label('moving_landmarks')}' must have the same number "
+                         f"of points, got {len(out[0])} and {len(out[1])}")
+    return out[0], out[1]
+
+
+def _tre_summary(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if k != "errors"}
+
+
+def _result(i: int, trained: Trained, pair: PreparedPair, inputs: PairInputs, settings: RunSettings,
+            timings: dict, extra: Optional[dict] = None) -> Registration:
+    """The :class:`Registration` of pair ``i`` of a trained batch: settings and versions, history, timings, TRE."""
+    record = settings.to_dict()
+    record.update(trained.choice.record())
+    record.update(batch_size=trained.batch_size, mask_voxels=pair.num_points,
+                  backward_passes_per_epoch=trained.choice.backend.backward_passes(settings.order),
+                  cuda_graph=trained.loop.graph, versions=environment(settings.torch_device), **inputs.paths,
+                  **(extra or {}))
+    history = {name: trained.history(i)[:, k] for k, name in enumerate(HISTORY_TERMS)}
+    reg = Registration(trained.sirens[i], pair.world_to_normalised, pair.fixed_geometry, record, history,
+                       timings, moving=inputs.moving, mask=inputs.mask)
+    if inputs.fixed_landmarks is not None:
+        before = tre(inputs.fixed_landmarks, inputs.moving_landmarks)
+        after = tre(reg.transform_points(inputs.fixed_landmarks), inputs.moving_landmarks)
+        reg.metrics.update(tre_initial=_tre_summary(before), tre=_tre_summary(after),
+                           tre_initial_errors=before["errors"], tre_errors=after["errors"])
+    return reg
+
+
+@with_setting_parameters
+def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = None, *, spacing=None, origin=None,
+             direction=None, fixed_landmarks=None, moving_landmarks=None, progress: bool = True,
+             settings: Optional[RunSettings] = None, **options: Any) -> Registration:
     """Register ``moving`` to ``fixed``: find Φ with ``M(Φ(x)) ≈ F(x)`` on the fixed mask.
 
     Args:
@@ -73,126 +106,129 @@ def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = No
             array in ``(z, y, x)`` order (then ``spacing``/``origin``/``direction`` give the geometry, in
             SimpleITK ``(x, y, z)`` order; a NumPy mask takes the fixed image's geometry). Points are drawn from
             voxels where ``mask > 0`` (all voxels when ``mask`` is None).
-        regularizer: ``None``, ``"jacobian"``, ``"hyperelastic"`` or ``"bending"``.
-        alpha: regulariser weight; ``None`` takes :data:`idir_fast.objectives.DEFAULT_ALPHA`.
-        epochs: Adam steps. batch_size: points per step (drawn without replacement each step).
-        lr: Adam learning rate; default 1e-4 (1e-5 with ``compat="idir-2022"``). See README for the measurement.
-        hidden: widths of the sine layers. omega: ω of every sine layer.
-        backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"`` (see :mod:`idir_fast.backends`).
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; default CUDA when available.
-        seed: seeds the network init and the point sampling; same seed → same result on CPU.
+        fixed_landmarks, moving_landmarks: optional ``(N, 3)`` world points (LPS mm) or point files; when both
+            are given the initial and final TRE are stored in ``metrics``.
         progress: show a tqdm progress bar with the current loss.
-        compat: ``None`` (the paper's equations) or ``"idir-2022"`` (the released code's quirks: N−1 NCC,
-            bending yz weight and double division, its init, lr 1e-5, per-axis normalisation).
-        init: SIREN init (``"siren"`` or ``"idir-2022"``); default from ``compat``.
-        normalisation: ``"isotropic"`` or ``"per-axis"`` network frame; default from ``compat``.
-        dtype: float32 (default) or float64.
-        fixed_landmarks, moving_landmarks: optional ``(N, 3)`` world points (LPS mm); when both are given the
-            initial and final TRE are stored in ``metrics``.
+        settings: a :class:`~idir_fast.settings.RunSettings`; keyword ``options`` override its fields.
+        **options: any field of :class:`~idir_fast.settings.RunSettings` — ``regularizer`` (``None``,
+            ``"jacobian"``, ``"hyperelastic"``, ``"bending"``), ``alpha``, ``epochs``, ``batch_size``, ``lr``,
+            ``hidden``, ``omega``, ``seed``, ``compat`` (``"idir-2022"``: the released code's quirks), ``init``,
+            ``normalisation``, ``dtype``, ``device``, ``backend`` (``"auto"``, ``"reference"``, ``"torch"``,
+            ``"triton"``), ``precision``; defaults and reasons in README.
 
     Returns:
         :class:`~idir_fast.registration.Registration`.
     """
     t_start = time.perf_counter()
-    regularizer = _checked(objectives.check_regularizer, regularizer, "regularizer")
-    compat = _checked(objectives.check_compat, compat, "compat")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise InputError(f"'{name}' must be a positive integer, got {value!r}")
-    if alpha is None:
-        alpha = objectives.default_alpha(regularizer, compat)
-    if not np.isfinite(alpha) or alpha < 0:
-        raise InputError(f"'alpha' must be a finite number ≥ 0, got {alpha!r}")
-    if lr is None:
-        lr = COMPAT_LR.get(compat, DEFAULT_LR)
-    if not np.isfinite(lr) or lr <= 0:
-        raise InputError(f"'lr' must be a positive number, got {lr!r}")
-    init = init or ("idir-2022" if compat == "idir-2022" else "siren")
-    normalisation = normalisation or ("per-axis" if compat == "idir-2022" else "isotropic")
-    if normalisation not in NORMALISATIONS:
-        raise InputError(f"'normalisation' must be one of {NORMALISATIONS}, got {normalisation!r}")
-    if dtype not in (torch.float32, torch.float64):
-        raise InputError(f"'dtype' must be torch.float32 or torch.float64, got {dtype!r}")
-    dev = resolve_device(device)
-    try:
-        backend_impl = resolve_backend(backend, dev)
-    except ValueError as err:
-        raise InputError(str(err)) from None
-
-    geometry = dict(spacing=spacing, origin=origin, direction=direction)
-    fixed_img = as_image(fixed, "fixed", **geometry)
-    moving_img = as_image(moving, "moving", **geometry)
-    mask_img = as_mask(mask, "mask", fixed_img)
-    fl, ml = _landmarks(fixed_landmarks, moving_landmarks)
-
-    pair = prepare_pair(fixed_img, moving_img, mask_img, normalisation=normalisation, device=dev, dtype=dtype)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        try:
-            siren = Siren(hidden=hidden, omega=omega, init=init, dtype=dtype)
-        except ValueError as err:
-            raise InputError(str(err)) from None
-    siren = siren.to(dev)
+    settings = RunSettings.build(settings, "register", **options).resolved()
+    inputs = read_pair(fixed, moving, mask, spacing=spacing, origin=origin, direction=direction,
+                       fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks)
+    pair = prepare_pair(inputs.fixed, inputs.moving, inputs.mask, normalisation=settings.normalisation,
+                        device=settings.torch_device, dtype=settings.dtype)
     t_prepared = time.perf_counter()
-
-    result = optimise(siren, pair, backend_impl, regularizer=regularizer, alpha=float(alpha), compat=compat,
-                      epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), seed=int(seed),
-                      progress=progress, sync_every=default_sync_every(int(epochs)))
-    settings = {
-        "regularizer": regularizer, "alpha": float(alpha), "epochs": int(epochs),
-        "batch_size": int(min(batch_size, pair.num_points)), "lr": float(lr), "hidden": list(siren.hidden),
-        "omega": float(omega), "init": init, "normalisation": normalisation, "compat": compat,
-        "backend": backend_impl.name, "backend_requested": backend, "device": str(dev), "seed": int(seed),
-        "dtype": str(dtype).replace("torch.", ""), "mask_voxels": pair.num_points,
-        "backward_passes_per_epoch": backend_impl.backward_passes(objectives.derivative_order(regularizer)),
-        "versions": environment(dev),
-    }
-    timings = {"prepare_s": t_prepared - t_start, "optimise_s": result.seconds,
-               "ms_per_epoch": 1000.0 * result.seconds / max(result.epochs_run, 1)}
-    history = {name: result.history[:, i] for i, name in enumerate(HISTORY_TERMS)}
-    if isinstance(mask, (str, os.PathLike)):
-        settings["mask_path"] = os.path.abspath(os.fspath(mask))
-    for name, obj in (("fixed", fixed), ("moving", moving)):
-        if isinstance(obj, (str, os.PathLike)):
-            settings[f"{name}_path"] = os.path.abspath(os.fspath(obj))
-    reg = Registration(siren, pair.world_to_normalised, pair.fixed_geometry, settings, history, timings,
-                       moving=moving_img, mask=mask_img)
-    if fl is not None:
-        from .metrics import tre
-
-        before, after = tre(fl, ml), tre(reg.transform_points(fl), ml)
-        reg.metrics["tre_initial"], reg.metrics["tre"] = _summary(before), _summary(after)
-        reg.metrics["tre_initial_errors"], reg.metrics["tre_errors"] = before["errors"], after["errors"]
+    trained = optimise([pair], settings, progress=progress)
+    timings = {"prepare_s": t_prepared - t_start, "optimise_s": trained.loop.seconds,
+               "ms_per_epoch": 1000.0 * trained.loop.seconds / max(trained.loop.epochs_run, 1)}
+    reg = _result(0, trained, pair, inputs, settings, timings)
     reg.timings["total_s"] = time.perf_counter() - t_start
     return reg
 
 
-def _summary(stats: dict) -> dict:
-    return {k: v for k, v in stats.items() if k != "errors"}
+def _pair_args(i: int, item) -> dict:
+    if isinstance(item, dict):
+        unknown = set(item) - {"fixed", "moving", "mask", "fixed_landmarks", "moving_landmarks"}
+        if unknown or not {"fixed", "moving"} <= set(item):
+            raise InputError(f"'pairs[{i}]' must have keys 'fixed', 'moving' and optionally 'mask', "
+                             f"'fixed_landmarks', 'moving_landmarks'; got {sorted(item)}")
+        return dict(item)
+    if isinstance(item, (tuple, list)) and 2 <= len(item) <= 3:
+        return dict(zip(("fixed", "moving", "mask"), item))
+    raise InputError(f"'pairs[{i}]' must be a (fixed, moving[, mask]) tuple or a dict with 'fixed', 'moving' and "
+                     f"optionally 'mask', 'fixed_landmarks', 'moving_landmarks'; got {type(item).__name__}")
 
 
-def _checked(fn, value, name):
+def auto_pairs_per_batch(num_points: int, hidden: Sequence[int], order: int, volume_voxels: int,
+                         device: torch.device, dtype_bytes: int = 4) -> int:
+    """How many pairs fit at once: 70 % of the free device memory over an estimate of one pair's footprint
+    (stream activations saved for the backward, about 6 tensors of S·N·width per layer, plus the moving volume)."""
+    from .core.derivatives import num_streams
+
+    per_pair = dtype_bytes * (6 * num_streams(order) * num_points * sum(hidden) + volume_voxels) + (1 << 20)
+    if torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = _available_host_memory()
+    return max(1, int(0.7 * free // per_pair))
+
+
+def _available_host_memory() -> int:
     try:
-        return fn(value)
-    except ValueError as err:
-        raise InputError(str(err)) from None
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
 
 
-def _landmarks(fixed_landmarks, moving_landmarks):
-    if (fixed_landmarks is None) != (moving_landmarks is None):
-        raise InputError("'fixed_landmarks' and 'moving_landmarks' must be given together")
-    if fixed_landmarks is None:
-        return None, None
-    from .landmarks import read_points
+@with_setting_parameters
+def register_many(pairs: Sequence, *, pairs_per_batch: Optional[int] = None, progress: bool = True,
+                  settings: Optional[RunSettings] = None, **options: Any) -> List[Registration]:
+    """Register many pairs on one device, ``pairs_per_batch`` at a time (default: as many as fit in memory).
 
-    out = []
-    for name, pts in (("fixed_landmarks", fixed_landmarks), ("moving_landmarks", moving_landmarks)):
-        arr = read_points(pts, name) if isinstance(pts, (str, bytes)) or hasattr(pts, "__fspath__") \
-            else np.asarray(pts, dtype=np.float64)
-        if arr.ndim != 2 or arr.shape[1] != 3:
-            raise InputError(f"'{name}' must have shape (N, 3), got {arr.shape}")
-        out.append(arr)
-    if out[0].shape != out[1].shape:
-        raise InputError(f"'fixed_landmarks' and 'moving_landmarks' must have the same number of points, got "
-                         f"{len(out[0])} and {len(out[1])}")
-    return out[0], out[1]
+    With the ``torch`` backend (the default on CPU, and what ``"auto"`` uses here) the pairs of a batch share one
+    batched step: a leading pair dimension on the weights, the Adam state and the point batches. Each pair then
+    follows the trajectory it follows alone with the same seed (tested). Other backends run the pairs one after
+    another through the same loop.
+
+    Args:
+        pairs: ``(fixed, moving[, mask])`` tuples or dicts (``fixed``, ``moving``, ``mask``, ``fixed_landmarks``,
+            ``moving_landmarks``); images as for :func:`idir_fast.register`.
+        pairs_per_batch: pairs per batched step.
+        settings, **options: as :func:`idir_fast.register` (the same validation, the same messages).
+
+    Returns:
+        one :class:`Registration` per pair, in order.
+    """
+    t_start = time.perf_counter()
+    settings = RunSettings.build(settings, "register_many", **options).resolved()
+    if not pairs:
+        raise InputError("'pairs' is empty")
+    if pairs_per_batch is not None and (isinstance(pairs_per_batch, bool) or not isinstance(pairs_per_batch, int)
+                                        or pairs_per_batch < 1):
+        raise InputError(f"'pairs_per_batch' must be a positive integer, got {pairs_per_batch!r}")
+    device = settings.torch_device
+    inputs = [read_pair(**_pair_args(i, item), names=f"pairs[{i}].{{}}") for i, item in enumerate(pairs)]
+    prepared = [prepare_pair(p.fixed, p.moving, p.mask, normalisation=settings.normalisation, device=device,
+                             dtype=settings.dtype) for p in inputs]
+    batched = settings.backend in ("auto", "torch") and settings.loop == "fast"
+    if not batched:
+        pairs_per_batch = 1
+    elif pairs_per_batch is None:
+        pairs_per_batch = auto_pairs_per_batch(min(settings.batch_size, max(p.num_points for p in prepared)),
+                                               settings.hidden, settings.order,
+                                               max(int(np.prod(p.moving.shape)) for p in prepared), device)
+    # pairs with the same effective batch size can share a batched step
+    groups: Dict[int, List[int]] = {}
+    for i, p in enumerate(prepared):
+        groups.setdefault(min(settings.batch_size, p.num_points), []).append(i)
+    run_settings = settings.replace(backend="torch") if batched and settings.backend == "auto" else settings
+    results: List[Optional[Registration]] = [None] * len(prepared)
+    for members in groups.values():
+        for start in range(0, len(members), pairs_per_batch):
+            chunk = members[start:start + pairs_per_batch]
+            t0 = time.perf_counter()
+            trained = optimise([prepared[i] for i in chunk], run_settings, progress=progress)
+            for k, i in enumerate(chunk):
+                timings = {"optimise_s": trained.loop.seconds,
+                           "ms_per_epoch": 1000.0 * trained.loop.seconds / max(trained.loop.epochs_run, 1),
+                           "shared_by_pairs": len(chunk)}
+                results[i] = _result(k, trained, prepared[i], inputs[i], settings, timings,
+                                     extra={"pairs_in_batch": len(chunk)})
+                results[i].settings["backend_requested"] = settings.backend
+                results[i].timings["total_s"] = time.perf_counter() - t0
+    return results
+
+
+__all__ = ["register", "register_many", "read_pair", "PairInputs", "auto_pairs_per_batch"]

@@ -1,35 +1,43 @@
 """The result of a registration: a trained SIREN plus its frame, evaluated in world coordinates.
 
-``Registration`` is a thin stateful wrapper over stateless functions of :mod:`idir_fast.backends.torch_streams`
-and :mod:`idir_fast.geometry`. A saved model file holds the weights, the world→normalised affine and the fixed
-image's grid, so it maps world points and writes fields without the images.
+``Registration`` is a thin stateful wrapper over stateless functions of :mod:`idir_fast.ops.siren_streams` and
+:mod:`idir_fast.core.geometry`. It evaluates on the device it was trained on (or the one given to :func:`load`),
+in chunks of points generated on that device, so writing the fields of a large grid after a GPU optimisation
+neither moves work to the CPU nor materialises the grid. A saved model file holds the weights, the
+world→normalised affine and the fixed image's grid, so it maps world points and writes fields without the images.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .backends.torch_streams import siren_streams
-from .geometry import ImageGeometry, apply_affine
-from .io import InputError, atomic_path, check_writable_prefix, write_image, write_json
-from .siren import Siren
+from .core.geometry import ImageGeometry, apply_affine
+from .core.metrics import folding, sdlogj
+from .core.objectives import determinant
+from .core.sampling import trilinear
+from .core.siren import Siren
+from .errors import InputError
+from .io.figures import figures_for_prefix
+from .io.files import IMAGE_FORMATS, atomic_path, check_writable_prefix, write_json
+from .io.images import as_image, write_image
+from .io.model_file import model_state, read_model_state, write_model_state
+from .ops.siren_streams import siren_streams
 
-MODEL_FORMAT = "idir_fast-model"
-MODEL_VERSION = 1
-_CHUNK = 1 << 16
+CHUNK_POINTS = {"cpu": 1 << 16, "cuda": 1 << 18}
+"""Points evaluated at once per device type: bounds the memory of field evaluation (S·chunk·width floats)."""
 
 
 class Registration:
     """A trained transform Φ: fixed world points (LPS mm) → moving world points.
 
     Attributes:
-        siren: the trained network (CPU, evaluation only).
+        siren: the trained network (evaluation only), on :attr:`device`.
+        device: where fields and points are evaluated.
         world_to_normalised: 4×4 affine of the network frame.
         fixed_geometry: grid on which fields are written.
         moving: the moving image, when known (needed by :meth:`warped` unless one is passed).
@@ -43,8 +51,9 @@ class Registration:
     def __init__(self, siren: Siren, world_to_normalised: np.ndarray, fixed_geometry: ImageGeometry,
                  settings: dict, history: Optional[dict] = None, timings: Optional[dict] = None,
                  moving: Optional[sitk.Image] = None, metrics: Optional[dict] = None,
-                 mask: Optional[sitk.Image] = None):
-        self.siren = siren.cpu().eval()
+                 mask: Optional[sitk.Image] = None, device=None):
+        self.device = torch.device(device) if device is not None else next(siren.parameters()).device
+        self.siren = siren.to(self.device).eval()
         for p in self.siren.parameters():
             p.requires_grad_(False)
         self.world_to_normalised = np.asarray(world_to_normalised, dtype=np.float64)
@@ -57,12 +66,38 @@ class Registration:
         self.metrics = dict(metrics or {})
 
     # ------------------------------------------------------------------------------------------- evaluation
-    def _streams(self, points_normalised: torch.Tensor, order: int):
+    @property
+    def _chunk(self) -> int:
+        return CHUNK_POINTS.get(self.device.type, 1 << 16)
+
+    def _u_streams(self, x_normalised: torch.Tensor, order: int) -> torch.Tensor:
         params = self.siren.parameter_list()
-        for start in range(0, points_normalised.shape[0], _CHUNK):
-            x = points_normalised[start:start + _CHUNK].to(params[0].dtype)
-            with torch.no_grad():
-                yield x, siren_streams(params, self.siren.omega, x, order)
+        with torch.no_grad():
+            return siren_streams(params, self.siren.omega, x_normalised.to(params[0].dtype), order)
+
+    def grid_chunks(self, order: int = 0) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(start, x (n, 3) normalised float64, u streams (S, n, 3))`` over the fixed grid in array (C) order,
+        chunk by chunk; voxel indices are generated on :attr:`device` per chunk (the grid is never built)."""
+        g = self.fixed_geometry
+        nx, ny, _ = g.size
+        total = int(np.prod(g.size))
+        idx_to_n = torch.as_tensor(self.world_to_normalised @ g.index_to_world(), dtype=torch.float64,
+                                   device=self.device)
+        for start in range(0, total, self._chunk):
+            flat = torch.arange(start, min(start + self._chunk, total), device=self.device)
+            ijk = torch.stack([flat % nx, (flat // nx) % ny, flat // (nx * ny)], dim=-1).to(torch.float64)
+            x = ijk @ idx_to_n[:3, :3].T + idx_to_n[:3, 3]
+            yield start, x, self._u_streams(x, order)
+
+    def _grid_image(self, values_per_chunk, components: int = 1) -> sitk.Image:
+        g = self.fixed_geometry
+        out = np.empty((int(np.prod(g.size)), components), dtype=np.float32)
+        for start, block in values_per_chunk:
+            out[start:start + block.shape[0]] = block.reshape(block.shape[0], components).cpu().numpy()
+        arr = out.reshape(g.shape_zyx + ((components,) if components > 1 else ()))
+        img = sitk.GetImageFromArray(arr, isVector=components > 1)
+        g.apply_to(img)
+        return img
 
     def transform_points(self, points) -> np.ndarray:
         """Map fixed-image world points (LPS mm) ``(N, 3)`` to moving-image world points ``(N, 3)``."""
@@ -71,41 +106,29 @@ class Registration:
             raise InputError(f"'points' must have shape (N, 3) in world LPS mm, got {pts.shape}")
         if not np.all(np.isfinite(pts)):
             raise InputError("'points' contains NaN/Inf")
-        n = torch.from_numpy(apply_affine(self.world_to_normalised, pts))
-        out = [(x.double() + u[0].double()).numpy() for x, u in self._streams(n, 0)]
-        phi_n = np.concatenate(out) if out else np.zeros((0, 3))
+        x = torch.from_numpy(apply_affine(self.world_to_normalised, pts)).to(self.device)
+        phi = [(xc + self._u_streams(xc, 0)[0].double()).cpu().numpy() for xc in x.split(self._chunk)]
+        phi_n = np.concatenate(phi) if phi else np.zeros((0, 3))
         return apply_affine(np.linalg.inv(self.world_to_normalised), phi_n)
-
-    def _grid_normalised(self) -> torch.Tensor:
-        g = self.fixed_geometry
-        idx = g.voxel_grid_index(dtype=torch.float64)
-        return apply_affine(self.world_to_normalised @ g.index_to_world(), idx)
 
     def displacement_field(self) -> sitk.Image:
         """Forward field ``u(x) = Φ(x) − x`` on the fixed grid, mm in the LPS world frame (VectorFloat32).
 
         Cast to ``sitk.sitkVectorFloat64`` to build a ``sitk.DisplacementFieldTransform``.
         """
-        lin = np.linalg.inv(self.world_to_normalised)[:3, :3]
-        parts = [(u[0].double().numpy() @ lin.T) for _, u in self._streams(self._grid_normalised(), 0)]
-        field = np.concatenate(parts).astype(np.float32).reshape(self.fixed_geometry.shape_zyx + (3,))
-        img = sitk.GetImageFromArray(field, isVector=True)
-        self.fixed_geometry.apply_to(img)
-        return img
+        lin = torch.as_tensor(np.linalg.inv(self.world_to_normalised)[:3, :3], device=self.device)
+        return self._grid_image(((s, u[0].double() @ lin.T) for s, _, u in self.grid_chunks(0)), components=3)
 
     def jacobian_determinant(self) -> sitk.Image:
         """``det ∂Φ/∂x`` on the fixed grid (Float32). The world and normalised frames differ by an affine map,
         so the determinant is the same in both."""
-        from .objectives import determinant
+        eye = torch.eye(3, dtype=torch.float64, device=self.device)
 
-        parts = []
-        for _, u in self._streams(self._grid_normalised(), 1):
-            J = u[1:4].permute(1, 2, 0).double() + torch.eye(3, dtype=torch.float64)
-            parts.append(determinant(J).numpy())
-        det = np.concatenate(parts).astype(np.float32).reshape(self.fixed_geometry.shape_zyx)
-        img = sitk.GetImageFromArray(det)
-        self.fixed_geometry.apply_to(img)
-        return img
+        def dets():
+            for start, _, u in self.grid_chunks(1):
+                yield start, determinant(u[1:4].permute(1, 2, 0).double() + eye)
+
+        return self._grid_image(dets())
 
     def warped(self, moving=None, default_value: float = 0.0) -> sitk.Image:
         """The moving image resampled into the fixed grid, ``M(Φ(x))``, trilinear.
@@ -113,9 +136,6 @@ class Registration:
         Points that fall more than half a voxel outside the moving image get ``default_value`` (as
         ``sitk.Resample``); within that half voxel the border value is used.
         """
-        from .io import as_image
-        from .sampling import trilinear
-
         if moving is None:
             moving = self.moving
         if moving is None:
@@ -123,19 +143,20 @@ class Registration:
                              "image)")
         moving = as_image(moving, "moving", check_values=False)
         mg = ImageGeometry.from_sitk(moving)
-        vol = torch.from_numpy(sitk.GetArrayFromImage(moving).astype(np.float64))
-        n2mi = mg.world_to_index() @ np.linalg.inv(self.world_to_normalised)
-        size = torch.tensor(mg.size, dtype=torch.float64)
-        parts = []
-        for x, u in self._streams(self._grid_normalised(), 0):
-            idx = apply_affine(n2mi, x.double() + u[0].double())
-            val = trilinear(vol, idx)
-            outside = ((idx < -0.5) | (idx > size - 0.5)).any(-1)
-            parts.append(torch.where(outside, torch.full_like(val, default_value), val).numpy())
-        arr = np.concatenate(parts).astype(np.float32).reshape(self.fixed_geometry.shape_zyx)
-        img = sitk.GetImageFromArray(arr)
-        self.fixed_geometry.apply_to(img)
-        return img
+        vol = torch.from_numpy(sitk.GetArrayFromImage(moving).astype(np.float64)).to(self.device)
+        n2mi = torch.as_tensor(mg.world_to_index() @ np.linalg.inv(self.world_to_normalised), device=self.device)
+        hi = [n - 0.5 for n in mg.size]
+
+        def values():
+            for start, x, u in self.grid_chunks(0):
+                idx = (x + u[0].double()) @ n2mi[:3, :3].T + n2mi[:3, 3]
+                val = trilinear(vol, idx)
+                outside = torch.zeros_like(val, dtype=torch.bool)
+                for a in range(3):
+                    outside |= (idx[:, a] < -0.5) | (idx[:, a] > hi[a])
+                yield start, torch.where(outside, torch.full_like(val, default_value), val)
+
+        return self._grid_image(values())
 
     # ------------------------------------------------------------------------------------------- persistence
     def report(self) -> dict:
@@ -145,19 +166,8 @@ class Registration:
                 "world_to_normalised": self.world_to_normalised.tolist()}
 
     def save_model(self, path: Union[str, os.PathLike]) -> Path:
-        state = {
-            "format": MODEL_FORMAT, "version": MODEL_VERSION,
-            "siren": self.siren.config(),
-            "parameters": [p.detach().cpu().clone() for p in self.siren.parameter_list()],
-            "world_to_normalised": self.world_to_normalised.tolist(),
-            "fixed_geometry": self.fixed_geometry.to_dict(),
-            "settings": json.loads(json.dumps(self.settings, default=str)),
-            "history": {k: torch.as_tensor(v) for k, v in self.history.items()},
-            "timings": self.timings, "metrics": json.loads(json.dumps(self.metrics, default=str)),
-        }
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        return Path(path)
+        return write_model_state(model_state(self.siren, self.world_to_normalised, self.fixed_geometry,
+                                             self.settings, self.history, self.timings, self.metrics), path)
 
     def save(self, prefix: Union[str, os.PathLike], *, field_format: str = ".nii.gz",
              write_warped: bool = True, write_jacobian: bool = True, itk_transform: bool = False,
@@ -167,16 +177,16 @@ class Registration:
         Writes ``{prefix}0Warp{ext}`` (field), ``{prefix}Warped{ext}`` (when the moving image is known),
         ``{prefix}JacDet{ext}``, ``{prefix}model.pt`` and ``{prefix}report.json``; with ``itk_transform`` also
         ``{prefix}Transform.h5`` (an ITK DisplacementFieldTransform); with ``figures`` the PNG figures of
-        :mod:`idir_fast.figures`.
+        :mod:`idir_fast.io.figures`.
 
         Args:
-            field_format: ``".nii.gz"``, ``".mha"`` or ``".nrrd"``.
+            field_format: one of :data:`idir_fast.io.files.IMAGE_FORMATS`.
 
         Returns:
             dict of output kind → path.
         """
-        if field_format not in (".nii.gz", ".nii", ".mha", ".nrrd"):
-            raise InputError(f"'field_format' must be .nii.gz, .nii, .mha or .nrrd, got {field_format!r}")
+        if field_format not in IMAGE_FORMATS:
+            raise InputError(f"'field_format' must be one of {IMAGE_FORMATS}, got {field_format!r}")
         check_writable_prefix(prefix, "prefix")
         prefix = os.fspath(prefix)  # keep a trailing separator: "out/" writes out/0Warp.nii.gz, …
         out = {}
@@ -189,12 +199,9 @@ class Registration:
             out["transform"] = Path(prefix + "Transform.h5")
         if write_warped and self.moving is not None:
             out["warped"] = write_image(self.warped(), prefix + "Warped" + field_format)
-        jac = None
         if write_jacobian:
             jac = self.jacobian_determinant()
             if "folding" not in self.metrics:
-                from .metrics import folding, sdlogj
-
                 self.metrics["folding"] = folding(jac, self.mask)
                 self.metrics["sdlogj"] = sdlogj(jac, self.mask)
             out["jacobian"] = write_image(jac, prefix + "JacDet" + field_format)
@@ -203,9 +210,7 @@ class Registration:
         report["outputs"] = {k: str(v) for k, v in out.items()}
         out["report"] = write_json(report, prefix + "report.json")
         if figures:
-            from .figures import figures_for_prefix
-
-            out.update({f"figure_{k}": v for k, v in figures_for_prefix(prefix, self.mask).items()})
+            out.update({f"figure_{k}": v for k, v in figures_for_prefix(prefix, self.mask, self.history).items()})
         return out
 
     def __repr__(self):
@@ -214,19 +219,14 @@ class Registration:
                 f"backend={s.get('backend')!r}, grid={self.fixed_geometry.size})")
 
 
-def load(path: Union[str, os.PathLike], moving=None) -> Registration:
-    """Load a model file written by :meth:`Registration.save` (``{prefix}model.pt``) or a prefix."""
-    p = Path(path)
-    if not p.exists() and Path(str(path) + "model.pt").exists():
-        p = Path(str(path) + "model.pt")
-    if not p.exists():
-        raise InputError(f"'path': model file not found: {str(p)!r}")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise InputError(f"'path': {str(p)!r} is not an idir_fast model file ({err})") from None
-    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
-        raise InputError(f"'path': {str(p)!r} is not an idir_fast model file")
+def load(path: Union[str, os.PathLike], moving=None, device=None) -> Registration:
+    """Load a model file written by :meth:`Registration.save` (``{prefix}model.pt``) or a prefix.
+
+    Args:
+        moving: the moving image, for :meth:`Registration.warped`.
+        device: where to evaluate (default CPU).
+    """
+    state = read_model_state(path)
     cfg = state["siren"]
     params = state["parameters"]
     siren = Siren(hidden=cfg["hidden"], omega=cfg["omega"], init=cfg["init"], dtype=params[0].dtype)
@@ -236,4 +236,5 @@ def load(path: Union[str, os.PathLike], moving=None) -> Registration:
     history = {k: v.numpy() for k, v in state.get("history", {}).items()}
     return Registration(siren, np.asarray(state["world_to_normalised"]),
                         ImageGeometry.from_dict(state["fixed_geometry"]), state.get("settings", {}), history,
-                        state.get("timings", {}), moving=moving, metrics=state.get("metrics", {}))
+                        state.get("timings", {}), moving=moving, metrics=state.get("metrics", {}),
+                        device=device or "cpu")

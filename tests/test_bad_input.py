@@ -141,3 +141,32 @@ def test_landmarks_must_come_in_pairs(images):
         idir_fast.register(f, m, mask, fixed_landmarks=np.zeros((3, 3)), **KW)
     with pytest.raises(InputError, match="same number of points"):
         idir_fast.register(f, m, mask, fixed_landmarks=np.zeros((3, 3)), moving_landmarks=np.zeros((4, 3)), **KW)
+
+
+BAD_SETTINGS = [
+    dict(regularizer="tv"), dict(backend="cudnn"), dict(epochs=0), dict(batch_size=-1), dict(compat="idir-2019"),
+    dict(lr=-1.0), dict(lr=float("nan")), dict(alpha=float("nan")), dict(alpha=-1.0), dict(dtype=torch.float16),
+    dict(omega=0.0), dict(omega=float("inf")), dict(hidden=()), dict(hidden=(64, 0)), dict(seed=-1),
+    dict(normalisation="cube"), dict(init="xavier"), dict(precision="fp8"), dict(device="tpu"),
+]
+
+
+@pytest.mark.parametrize("kwargs", BAD_SETTINGS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_register_and_register_many_reject_the_same_settings_with_the_same_message(images, kwargs):
+    f, m, mask = images
+    with pytest.raises(InputError) as one:
+        idir_fast.register(f, m, mask, **{**KW, **kwargs})
+    with pytest.raises(InputError) as many:
+        idir_fast.register_many([(f, m, mask)], **{**KW, **kwargs})
+    with pytest.raises(InputError) as settings:
+        idir_fast.RunSettings(**{k: v for k, v in {**KW, **kwargs}.items() if k != "progress"})
+    name = next(iter(kwargs))
+    assert str(one.value) == str(many.value) == str(settings.value)
+    assert f"'{name}'" in str(one.value)
+
+
+def test_unknown_option_is_a_type_error_like_python_gives():
+    with pytest.raises(TypeError, match="register\\(\\) got an unexpected keyword argument 'epoch'"):
+        idir_fast.register(None, None, epoch=3)
+    with pytest.raises(TypeError, match="register_many\\(\\) got an unexpected keyword argument 'epoch'"):
+        idir_fast.register_many([], epoch=3)

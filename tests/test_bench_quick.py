@@ -3,8 +3,8 @@ benchmark itself, not by tests)."""
 import csv
 import json
 
-from idir_fast.bench import matmul_flops
-from idir_fast.cli import main
+from idir_fast.apps.bench import matmul_flops
+from idir_fast.apps.cli import main
 
 
 def test_bench_quick_mode_prints_the_table_and_appends_results(tmp_path, capsys):

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import SimpleITK as sitk
 
-from idir_fast.cli import main
-from idir_fast.landmarks import write_points
+from idir_fast.apps.cli import main
+from idir_fast.io.landmarks import write_points
 
 
 def _write_pair(pair, folder):
@@ -55,12 +55,12 @@ def test_register_reports_bad_input_and_writes_nothing(tiny_pair, tmp_path, caps
 
 
 def test_help_explains_every_option():
-    out = subprocess.run([sys.executable, "-m", "idir_fast.cli", "register", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "idir_fast", "register", "--help"], capture_output=True,
                          text=True, check=True).stdout
     for opt in ("--mask", "--out", "--regularizer", "--epochs", "--device", "--backend", "--seed", "--alpha",
                 "--batch-size", "--lr", "--hidden", "--compat"):
         assert opt in out
-    top = subprocess.run([sys.executable, "-m", "idir_fast.cli", "--help"], capture_output=True, text=True,
+    top = subprocess.run([sys.executable, "-m", "idir_fast", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "register" in top and "demo" in top
 

@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 from idir_fast import InputError
-from idir_fast.cli import main
-from idir_fast.cohort import read_manifest, register_cohort
-from idir_fast.landmarks import write_points
+from idir_fast.apps.cli import main
+from idir_fast.apps.cohort import read_manifest, register_cohort
+from idir_fast.io.landmarks import write_points
 
 FAST = ["--epochs", "15", "--batch-size", "300", "--hidden", "16,16", "--no-progress", "--device", "cpu"]
 FAST_KW = dict(epochs=15, batch_size=300, hidden=(16, 16), device="cpu")
@@ -82,7 +82,7 @@ def test_kill_9_mid_run_then_resume(cohort_dir, tmp_path):
     out = tmp_path / "out"
     lines = (cohort_dir / "manifest.csv").read_text().splitlines()[:4]  # the three good pairs
     (cohort_dir / "good.csv").write_text("\n".join(lines) + "\n")
-    cmd = [sys.executable, "-m", "idir_fast.cli", "cohort", str(cohort_dir / "good.csv"), "--out", str(out),
+    cmd = [sys.executable, "-m", "idir_fast", "cohort", str(cohort_dir / "good.csv"), "--out", str(out),
            "--epochs", "150", "--batch-size", "300", "--hidden", "32,32", "--no-progress", "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240

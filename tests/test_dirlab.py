@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from idir_fast import InputError, dirlab
-from idir_fast.cli import main
-from idir_fast.landmarks import read_points
+from idir_fast import InputError
+from idir_fast.io import dirlab
+from idir_fast.apps.cli import main
+from idir_fast.io.landmarks import read_points
 
 PUBLISHED_INITIAL = {1: 3.89, 2: 4.34, 3: 6.94, 4: 9.83, 5: 7.48}
 

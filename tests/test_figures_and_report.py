@@ -3,7 +3,7 @@ import pytest
 
 import idir_fast
 from idir_fast import InputError
-from idir_fast.cli import main
+from idir_fast.apps.cli import main
 
 
 def test_register_with_figures_and_report_command(tiny_pair, tmp_path, capsys):
@@ -23,6 +23,6 @@ def test_register_with_figures_and_report_command(tiny_pair, tmp_path, capsys):
 
 def test_report_on_folder_without_runs(tmp_path):
     with pytest.raises(InputError, match="no \\*report.json"):
-        from idir_fast.figures import report_run_dir
+        from idir_fast.io.figures import report_run_dir
 
         report_run_dir(tmp_path)

@@ -7,11 +7,11 @@ import SimpleITK as sitk
 import torch
 
 from idir_fast import InputError
-from idir_fast.geometry import ImageGeometry
-from idir_fast.learn2reg import (displacement_voxels, export_learn2reg_displacement_voxels, read_dataset,
+from idir_fast.core.geometry import ImageGeometry
+from idir_fast.io.learn2reg import (displacement_voxels, export_learn2reg_displacement_voxels, read_dataset,
                                  read_keypoints_world)
 from idir_fast.registration import Registration
-from idir_fast.siren import Siren
+from idir_fast.core.siren import Siren
 
 
 def _image(size=(12, 10, 8), spacing=(1.5, 2.0, 2.5)):

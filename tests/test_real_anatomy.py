@@ -5,7 +5,7 @@ import SimpleITK as sitk
 
 import idir_fast
 from idir_fast.data import BreathingDeformation, deformed_pair, lung_mask_from_hu
-from idir_fast.metrics import folding
+from idir_fast.core.metrics import folding
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import idir_fast
-from idir_fast.metrics import folding
+from idir_fast.core.metrics import folding
 
 FAST = dict(epochs=100, batch_size=1500, hidden=(64, 64, 64), progress=False)
 
@@ -76,23 +76,16 @@ def test_numpy_inputs_with_geometry(tiny_pair):
 
 def test_fast_loop_matches_eager_loop(small_pair):
     """The loop without per-step host reads (CUDA-graph replay on a GPU) follows the eager loop exactly."""
-    from idir_fast.backends import resolve_backend
-    from idir_fast.engine import optimise, prepare_pair
-    from idir_fast.siren import Siren
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pair = prepare_pair(small_pair.fixed, small_pair.moving, small_pair.mask, device=device)
-    runs = []
-    for loop in ("eager", "fast"):
-        torch.manual_seed(0)
-        siren = Siren((32, 32)).to(device)
-        runs.append(optimise(siren, pair, resolve_backend("auto", device), regularizer="bending", alpha=1e-3,
-                             compat=None, epochs=12, batch_size=500, lr=1e-4, seed=3, sync_every=5, loop=loop))
-    np.testing.assert_allclose(runs[1].history, runs[0].history, rtol=1e-5, atol=1e-7)
+    kw = dict(regularizer="bending", alpha=1e-3, epochs=12, batch_size=500, hidden=(32, 32), seed=3, device=device)
+    eager = _register(small_pair, loop="eager", **kw)
+    fast = _register(small_pair, loop="fast", **kw)
+    np.testing.assert_allclose(fast.history["loss"], eager.history["loss"], rtol=1e-5, atol=1e-7)
+    assert fast.settings["loop"] == "fast" and eager.settings["loop"] == "eager"
 
 
 def test_divergence_guard_stops_an_exploding_run(tiny_pair):
-    from idir_fast.engine import DivergenceError
+    from idir_fast.errors import DivergenceError
 
     with pytest.raises(DivergenceError, match="non-finite at epoch"):
         idir_fast.register(tiny_pair.fixed, tiny_pair.moving, tiny_pair.mask, regularizer="hyperelastic",

@@ -4,7 +4,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from idir_fast.sampling import trilinear, trilinear_fast, trilinear_with_gradient
+from idir_fast.core.sampling import trilinear, trilinear_with_gradient
+from idir_fast.ops.sample_ncc import trilinear_fast
 
 
 def _linear_volume(shape=(7, 13, 29), coef=(0.5, -1.25, 2.0), c0=3.0):

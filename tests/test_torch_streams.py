@@ -2,31 +2,17 @@
 import pytest
 import torch
 
-from idir_fast import objectives
-from idir_fast.backends import ReferenceBackend, TorchBackend
-from idir_fast.siren import Siren
+from helpers import derivatives, random_points, rel_err
+from helpers import random_siren as _random_siren
+from idir_fast import backends
+from idir_fast.core import objectives
 
 # float32 tolerances (relative to the largest magnitude), measured with ω = 32, width 64: see README
 F32_TOL = {"phi": 1e-5, "J": 1e-4, "H6": 1e-3, "reg": 1e-3, "grad": 2e-3}
 
 
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
-
-
 def random_siren(hidden, omega, scale, dtype, seed):
-    torch.manual_seed(seed)
-    s = Siren(hidden, omega=omega, dtype=dtype)
-    with torch.no_grad():
-        for p in s.parameters():
-            p.mul_(scale * (0.5 + torch.rand_like(p)))
-            p.add_(1e-3 * torch.randn_like(p))  # no exact zeros (output bias included)
-    return s
-
-
-def random_points(n, dtype, seed, spread=1.2):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, 3, generator=g, dtype=dtype) * 2 - 1) * spread  # some outside [-1, 1]
+    return _random_siren(hidden, omega, scale, dtype, seed)[0]
 
 
 CASES = [((16,), 1.0, 1.0), ((32, 32), 8.0, 1.0), ((17, 40, 23), 32.0, 0.7), ((64, 64, 64), 32.0, 1.3)]
@@ -37,19 +23,19 @@ CASES = [((16,), 1.0, 1.0), ((32, 32), 8.0, 1.0), ((17, 40, 23), 32.0, 0.7), ((6
 def test_streams_equal_autograd_float64(hidden, omega, scale, n):
     siren = random_siren(hidden, omega, scale, torch.float64, seed=n)
     x = random_points(n, torch.float64, seed=n + 1)
-    ref = ReferenceBackend().derivatives(siren, x, 2)
-    fast = TorchBackend().derivatives(siren, x, 2)
+    ref = derivatives("reference", siren, x, 2)
+    fast = derivatives("torch", siren, x, 2)
     for name, a, b in zip(("phi", "J", "H6"), fast, ref):
         assert rel_err(a, b) < 1e-10, f"{name}: relative error {rel_err(a, b):.3g}"
     for order in (0, 1):
-        lower = TorchBackend().derivatives(siren, x, order)
+        lower = derivatives("torch", siren, x, order)
         assert torch.allclose(lower.phi, fast.phi, rtol=0, atol=1e-14)
         assert (lower.J is None) == (order == 0) and lower.H6 is None
 
 
 def _loss_and_grads(backend, siren, x, regularizer, weights):
     order = objectives.derivative_order(regularizer)
-    d = backend.derivatives(siren, x, order)
+    d = derivatives(backend, siren, x, order)
     # a loss that touches Φ (random upstream weights) and the regulariser, as the engine does
     loss = (d.phi * weights).sum() + objectives.regularization(regularizer, d.J, d.H6)
     grads = torch.autograd.grad(loss, siren.parameter_list())
@@ -62,8 +48,8 @@ def test_regularizer_values_and_parameter_gradients_float64(regularizer, hidden,
     siren = random_siren(hidden, omega, 0.3 if regularizer == "hyperelastic" else 1.0, torch.float64, seed=7)
     x = random_points(n, torch.float64, seed=8, spread=1.0)
     w = torch.randn(n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
-    la, ga = _loss_and_grads(ReferenceBackend(), siren, x, regularizer, w)
-    lb, gb = _loss_and_grads(TorchBackend(), siren, x, regularizer, w)
+    la, ga = _loss_and_grads("reference", siren, x, regularizer, w)
+    lb, gb = _loss_and_grads("torch", siren, x, regularizer, w)
     assert lb.item() == pytest.approx(la.item(), rel=1e-9)
     for i, (a, b) in enumerate(zip(gb, ga)):
         assert rel_err(a, b) < 1e-9, f"parameter {i}: relative error {rel_err(a, b):.3g}"
@@ -77,27 +63,28 @@ def test_float32_within_documented_tolerance(regularizer):
         for a, b in zip(s32.parameters(), s64.parameters()):
             a.copy_(b.float())
     x64 = random_points(500, torch.float64, seed=12, spread=1.0)
-    ref = ReferenceBackend().derivatives(s64, x64, 2)
-    fast = TorchBackend().derivatives(s32, x64.float(), 2)
+    ref = derivatives("reference", s64, x64, 2)
+    fast = derivatives("torch", s32, x64.float(), 2)
     for name, a, b in zip(("phi", "J", "H6"), fast, ref):
         assert rel_err(a.double(), b) < F32_TOL[name], f"{name}: {rel_err(a.double(), b):.3g}"
     w = torch.randn(500, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(13))
-    la, ga = _loss_and_grads(ReferenceBackend(), s64, x64, regularizer, w)
-    lb, gb = _loss_and_grads(TorchBackend(), s32, x64.float(), regularizer, w.float())
+    la, ga = _loss_and_grads("reference", s64, x64, regularizer, w)
+    lb, gb = _loss_and_grads("torch", s32, x64.float(), regularizer, w.float())
     assert lb.item() == pytest.approx(la.item(), rel=F32_TOL["reg"])
     for a, b in zip(gb, ga):
         assert rel_err(a.double(), b) < F32_TOL["grad"]
 
 
 def test_backward_pass_counts():
-    assert [ReferenceBackend().backward_passes(k) for k in (0, 1, 2)] == [1, 4, 13]
-    assert [TorchBackend().backward_passes(k) for k in (0, 1, 2)] == [1, 1, 1]
+    assert [backends.get("reference").backward_passes(k) for k in (0, 1, 2)] == [1, 4, 13]
+    assert [backends.get("torch").backward_passes(k) for k in (0, 1, 2)] == [1, 1, 1]
 
 
 @pytest.mark.parametrize("order", [0, 1, 2])
 @pytest.mark.parametrize("hidden,n", [((16,), 1), ((32, 32), 17), ((17, 40, 23), 1000)])
 def test_hand_written_backward_equals_autograd(order, hidden, n):
-    from idir_fast.backends.torch_streams import siren_streams, siren_streams_manual
+    from benchmarks.backward_choice import siren_streams_manual
+    from idir_fast.ops.siren_streams import siren_streams
 
     siren = random_siren(hidden, 16.0, 1.0, torch.float64, seed=order + n)
     x = random_points(n, torch.float64, seed=3)

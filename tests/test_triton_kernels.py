@@ -1,7 +1,6 @@
 """Fused Triton kernels against the torch backend and the autograd reference (interpreter on CPU, real kernels
 on CUDA), plus the ahead-of-time compile of every shipped configuration for sm_80 and sm_90."""
 import os
-import random
 import subprocess
 import sys
 
@@ -10,10 +9,11 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from idir_fast import objectives  # noqa: E402
-from idir_fast.backends import ReferenceBackend, TorchBackend, resolve_backend  # noqa: E402
-from idir_fast.backends.torch_streams import siren_streams  # noqa: E402
-from idir_fast.siren import Siren  # noqa: E402
+from helpers import derivatives, rel_err, random_siren  # noqa: E402
+from idir_fast import backends  # noqa: E402
+from idir_fast.core import objectives  # noqa: E402
+from idir_fast.core.siren import Siren  # noqa: E402
+from idir_fast.ops.siren_streams import siren_streams  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -27,19 +27,9 @@ TOL = {torch.float64: {"out": 1e-11, "grad": 1e-10},
 GPU_TOL = {"ieee": TOL[torch.float32], "tf32x3": TOL[torch.float32], "tf32": {"out": 2e-2, "grad": 5e-2}}
 
 
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-
-
 def _fresh(hidden, omega, dtype):
     """Random parameters, fresh each run (the seed is reported on failure); no exact zeros."""
-    seed = random.randrange(2 ** 31)
-    torch.manual_seed(seed)
-    s = Siren(hidden, omega=omega, dtype=dtype)
-    with torch.no_grad():
-        for p in s.parameters():
-            p.mul_(0.5 + torch.rand_like(p)).add_(1e-3 * torch.randn_like(p))
-    return s.to(DEVICE), seed
+    return random_siren(hidden, omega, 1.0, dtype, device=DEVICE)
 
 
 CASES = [((16,), 1), ((16, 16, 16), 17), ((64, 64, 64), 1000), ((256,), 17), ((256, 256, 256), 17),
@@ -71,11 +61,10 @@ def test_triton_backend_equals_autograd_reference_on_the_objective(regularizer):
     siren, seed = _fresh((32, 32, 32), 16.0, dtype)
     x = torch.rand(17, 3, dtype=dtype, device=DEVICE) * 2 - 1
     order = objectives.derivative_order(regularizer)
-    tri = resolve_backend("triton", DEVICE)
-    assert tri.name == "triton"
+    assert backends.select("triton", DEVICE).name == "triton"
     out = []
-    for backend in (tri, ReferenceBackend()):
-        d = backend.derivatives(siren, x, order)
+    for backend in ("triton", "reference"):
+        d = derivatives(backend, siren, x, order)
         loss = d.phi.square().sum() + objectives.regularization(regularizer, d.J, d.H6)
         out.append((d, loss, torch.autograd.grad(loss, siren.parameter_list())))
     (d1, l1, g1), (d2, l2, g2) = out

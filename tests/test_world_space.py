@@ -5,9 +5,9 @@ import SimpleITK as sitk
 import torch
 
 import idir_fast
-from idir_fast.geometry import ImageGeometry, apply_affine
+from idir_fast.core.geometry import ImageGeometry, apply_affine
 from idir_fast.registration import Registration
-from idir_fast.siren import Siren
+from idir_fast.core.siren import Siren
 
 from conftest import oblique_image
 

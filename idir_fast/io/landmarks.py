@@ -8,8 +8,8 @@ from typing import Union
 
 import numpy as np
 
-from .geometry import ImageGeometry, apply_affine
-from .io import InputError
+from ..core.geometry import ImageGeometry, apply_affine
+from ..errors import InputError
 
 _SPLIT = re.compile(r"[\s,;]+")
 FRAMES = ("world", "index0", "index1")
@@ -73,6 +73,6 @@ def to_world(points: np.ndarray, frame: str, geometry: ImageGeometry = None) -> 
 
 
 def write_points(points: np.ndarray, path: Union[str, os.PathLike]) -> None:
-    from .io import write_text
+    from .files import write_text
 
     write_text("".join(f"{x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in np.asarray(points)), path)

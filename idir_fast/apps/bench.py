@@ -1,6 +1,6 @@
 """Benchmark of one optimisation step per backend and regulariser, measured side by side in one run.
 
-Each configuration times the same :class:`idir_fast.engine.StepFunction` the registration loop runs (forward,
+Each configuration times the same :class:`idir_fast.optim.step.PairStep` the registration loop runs (forward,
 NCC + α·R, backward, Adam) on a synthetic problem of ``n`` points, and reports the backward passes per step,
 ms per step (median and inter-quartile range), the projected seconds for a 2500-step registration, peak memory,
 the speed-up over ``reference``, and the machine's floor: the step's matrix-product FLOPs divided by the GEMM
@@ -11,12 +11,7 @@ Run it with ``idir-fast bench`` or ``python -m benchmarks``.
 from __future__ import annotations
 
 import csv
-import datetime as _dt
-import json
-import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
@@ -24,13 +19,18 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import objectives
-from .backends import resolve_backend
-from .engine import PreparedPair, StepFunction
-from .geometry import ImageGeometry
-from .siren import Siren
+from .. import backends
+from ..core import objectives
+from ..core.derivatives import num_streams
+from ..core.geometry import ImageGeometry
+from ..core.siren import Siren
+from ..environment import machine_info
+from ..io.files import write_json
+from ..optim.prepare import PreparedPair
+from ..optim.step import PairStep
+from ..settings import RunSettings
 
-REGULARIZERS = (None, "jacobian", "hyperelastic", "bending")
+REGULARIZERS = tuple(objectives.REGULARIZERS)
 
 
 def synthetic_pair(n_points: int, device="cpu", dtype=torch.float32, seed: int = 0, size: int = 48) -> PreparedPair:
@@ -59,7 +59,7 @@ def matmul_flops(n_points: int, hidden: Sequence[int], order: int) -> float:
     product over all S streams per later layer. Backward: two products per forward product (input adjoint and
     weight gradient), except the first layer which needs only the weight gradient.
     """
-    S = (1, 4, 10)[order]
+    S = num_streams(order)
     widths = (3,) + tuple(hidden) + (3,)
     first = 2.0 * n_points * widths[0] * widths[1]
     rest = sum(2.0 * S * n_points * a * b for a, b in zip(widths[1:-1], widths[2:]))
@@ -68,7 +68,7 @@ def matmul_flops(n_points: int, hidden: Sequence[int], order: int) -> float:
 
 def gemm_rate(n_points: int, hidden: Sequence[int], order: int, device="cpu", repeats: int = 5) -> float:
     """FLOP/s of the step's largest matrix products (the three orientations of a hidden layer) on ``device``."""
-    S = (1, 4, 10)[order]
+    S = num_streams(order)
     h = int(max(hidden))
     a = torch.randn(S * n_points, h, device=device)
     w = torch.randn(h, h, device=device)
@@ -86,25 +86,33 @@ def gemm_rate(n_points: int, hidden: Sequence[int], order: int, device="cpu", re
     return 3 * 2.0 * S * n_points * h * h / statistics.median(times)
 
 
+def make_step(backend_name: str, regularizer: Optional[str], n_points: int, hidden: Sequence[int], device="cpu",
+              seed: int = 0, precision: Optional[str] = None):
+    """The registration loop's step on a synthetic problem: ``(step, pair)``; the backend must be available."""
+    device = torch.device(device)
+    settings = RunSettings(regularizer=regularizer, hidden=tuple(hidden), backend=backend_name, device=str(device),
+                           precision=precision, lr=1e-4).resolved()
+    pair = synthetic_pair(n_points, device, seed=seed)
+    torch.manual_seed(seed)
+    siren = Siren(hidden).to(device)
+    return PairStep(siren, pair, backends.select(backend_name, device), settings), pair
+
+
 def time_step(backend_name: str, regularizer: Optional[str], n_points: int, hidden: Sequence[int],
               device="cpu", warmup: int = 2, repeats: int = 10, seed: int = 0) -> dict:
     """Time one full optimisation step; returns a result row."""
     device = torch.device(device)
-    backend = resolve_backend(backend_name, device)
-    pair = synthetic_pair(n_points, device, seed=seed)
-    torch.manual_seed(seed)
-    siren = Siren(hidden).to(device)
-    step = StepFunction(siren, pair, backend, regularizer=regularizer,
-                        alpha=objectives.default_alpha(regularizer), compat=None, lr=1e-4)
+    step, pair = make_step(backend_name, regularizer, n_points, hidden, device, seed)
+    x, f = pair.points[None], pair.fixed_values[None]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
-        step(pair.points, pair.fixed_values)
+        step(x, f)
     _sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        step(pair.points, pair.fixed_values)
+        step(x, f)
         _sync(device)
         times.append(time.perf_counter() - t0)
     ms = 1000.0 * np.asarray(times)
@@ -115,8 +123,8 @@ def time_step(backend_name: str, regularizer: Optional[str], n_points: int, hidd
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # process peak RSS so far
     order = objectives.derivative_order(regularizer)
-    return {"backend": backend.name, "regularizer": regularizer or "none", "points": n_points,
-            "hidden": "x".join(map(str, hidden)), "passes": backend.backward_passes(order),
+    return {"backend": step.backend.name, "regularizer": regularizer or "none", "points": n_points,
+            "hidden": "x".join(map(str, hidden)), "passes": step.backend.backward_passes(order),
             "ms_median": float(np.median(ms)), "ms_q25": float(np.percentile(ms, 25)),
             "ms_q75": float(np.percentile(ms, 75)), "s_per_2500": float(np.median(ms)) * 2.5,
             "peak_mib": float(peak), "peak_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss_process",
@@ -129,21 +137,18 @@ def profile_step(backend_name: str, regularizer: Optional[str], n_points: int, h
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device(device)
-    backend = resolve_backend(backend_name, device)
-    pair = synthetic_pair(n_points, device)
-    torch.manual_seed(0)
-    step = StepFunction(Siren(hidden).to(device), pair, backend, regularizer=regularizer,
-                        alpha=objectives.default_alpha(regularizer), compat=None, lr=1e-4)
+    step, pair = make_step(backend_name, regularizer, n_points, hidden, device)
+    x, f = pair.points[None], pair.fixed_values[None]
     for _ in range(2):
-        step(pair.points, pair.fixed_values)
+        step(x, f)
     _sync(device)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         for _ in range(steps):
-            step(pair.points, pair.fixed_values)
+            step(x, f)
         _sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    title = (f"profile: backend {backend.name}, regularizer {regularizer or 'none'}, {n_points} points, hidden "
+    title = (f"profile: backend {step.backend.name}, regularizer {regularizer or 'none'}, {n_points} points, hidden "
              f"{'x'.join(map(str, hidden))}, {steps} steps on {device}")
     return title + "\n" + prof.key_averages().table(sort_by=key, row_limit=rows)
 
@@ -152,9 +157,8 @@ def throughput(n_pairs: int, epochs: int, n_points: int, hidden: Sequence[int], 
                device="cpu", size=(40, 36, 32)) -> dict:
     """Pairs per hour: ``register`` one pair after another vs ``register_many`` with all pairs in one batch,
     measured in the same run on phantom pairs (the same work: ``epochs`` × ``n_points`` per pair)."""
-    from .api import register
-    from .data import phantom_pair
-    from .many import register_many
+    from ..api import register, register_many
+    from ..data import phantom_pair
 
     pairs = [phantom_pair(size=size, spacing=(4.0, 4.0, 4.0), seed=i, num_landmarks=10) for i in range(n_pairs)]
     kw = dict(regularizer=regularizer, epochs=epochs, batch_size=n_points, hidden=tuple(hidden), device=device,
@@ -176,26 +180,6 @@ def throughput(n_pairs: int, epochs: int, n_points: int, hidden: Sequence[int], 
           f"{row['regularizer']}, {device}: one at a time {row['sequential_pairs_per_hour']:.0f} pairs/h, "
           f"batched {row['batched_pairs_per_hour']:.0f} pairs/h ({row['speedup']:.2f}×)")
     return row
-
-
-def machine_info(device="cpu") -> dict:
-    from .api import environment
-
-    env = environment(torch.device(device))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5).stdout.strip()
-    except Exception:  # noqa: BLE001
-        commit = ""
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    env.update({"commit": commit or "unknown", "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
-                "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-    return env
 
 
 def run(sizes: Iterable[tuple] = ((10_000, (256, 256, 256)),), backends: Sequence[str] = ("reference", "torch"),
@@ -275,8 +259,6 @@ def save_rows(rows: List[dict], info: dict, results_dir: str) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     stamp = info["timestamp"].replace(":", "").replace("-", "")
     dev = "".join(ch if ch.isalnum() else "-" for ch in str(info.get("device_name", "cpu")))[:40]
-    from .io import write_json
-
     write_json({"machine": info, "rows": rows}, d / f"{stamp}_{dev}.json")
     csv_path = d / "results.csv"
     keys = ["timestamp", "commit", "device_name", "cpu", "torch", "device", "points", "hidden", "regularizer",

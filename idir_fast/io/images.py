@@ -1,26 +1,19 @@
-"""Reading inputs (paths, SimpleITK images, NumPy arrays) with clear errors, and atomic writes."""
+"""Images in and out: paths, SimpleITK images and NumPy arrays read and validated with clear errors; images
+written atomically."""
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..core.geometry import ImageGeometry
+from ..errors import InputError
+from .files import atomic_path
+
 ImageLike = Union[str, os.PathLike, sitk.Image, np.ndarray]
-
-# Extensions SimpleITK writes by file name; compound ones first.
-_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".h5", ".hdf5", ".tfm", ".pt", ".json",
-               ".csv", ".png", ".txt")
-
-
-class InputError(ValueError):
-    """A user-supplied argument is invalid; the message names the argument and what is wrong."""
-
 
 def read_image(path: Union[str, os.PathLike], name: str = "image") -> sitk.Image:
     """Read an image file (NIfTI, MetaImage, NRRD, …) or a DICOM series folder with SimpleITK."""
@@ -100,7 +93,6 @@ def as_mask(obj: Optional[ImageLike], name: str, reference: sitk.Image, **geomet
         geometry = dict(spacing=reference.GetSpacing(), origin=reference.GetOrigin(),
                         direction=reference.GetDirection())
     mask = as_image(obj, name, **geometry)
-    from .geometry import ImageGeometry  # local: geometry imports nothing from here
     g_mask, g_ref = ImageGeometry.from_sitk(mask), ImageGeometry.from_sitk(reference)
     if g_mask.size != g_ref.size:
         raise InputError(f"'{name}' must have the fixed image's size {g_ref.size}, got {g_mask.size}")
@@ -120,73 +112,8 @@ def _check_vector(v, name, positive=False):
                          f"order, got {v!r}")
 
 
-def split_extension(path: Union[str, os.PathLike]) -> tuple:
-    """``'a/b.nii.gz'`` → ``('a/b', '.nii.gz')``."""
-    s = str(path)
-    for ext in _EXTENSIONS:
-        if s.lower().endswith(ext):
-            return s[: -len(ext)], s[-len(ext):]
-    root, ext = os.path.splitext(s)
-    return root, ext
-
-
-def check_writable_prefix(prefix: Union[str, os.PathLike], name: str = "prefix") -> Path:
-    """Fail early (before any work) if outputs cannot be written next to ``prefix``."""
-    text = os.fspath(prefix)
-    prefix = Path(prefix)
-    folder = prefix if text.endswith(os.sep) else (prefix.parent if str(prefix.parent) else Path("."))
-    if not folder.exists():
-        raise InputError(f"'{name}': output folder {str(folder)!r} does not exist")
-    if not folder.is_dir():
-        raise InputError(f"'{name}': {str(folder)!r} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"'{name}': output folder {str(folder)!r} is not writable")
-    return prefix
-
-
-@contextlib.contextmanager
-def atomic_path(path: Union[str, os.PathLike]):
-    """Yield a temporary path beside ``path`` (same extension); rename it onto ``path`` only on success."""
-    path = Path(path)
-    root, ext = split_extension(path.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{root}.", suffix=f".tmp{ext}", dir=str(path.parent))
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_image(image: sitk.Image, path: Union[str, os.PathLike], compress: bool = True) -> Path:
     """Write a SimpleITK image atomically (temporary file, then rename)."""
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, tmp, compress)
     return Path(path)
-
-
-def write_json(obj, path: Union[str, os.PathLike]) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2, default=_json_default)
-            fh.write("\n")
-    return Path(path)
-
-
-def write_text(text: str, path: Union[str, os.PathLike]) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-    return Path(path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

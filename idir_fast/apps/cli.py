@@ -1,4 +1,4 @@
-"""The ``idir-fast`` command: ``register``, ``demo`` and friends."""
+"""The ``idir-fast`` command: ``register``, ``demo``, ``cohort``, ``dirlab``, ``report``, ``bench``."""
 from __future__ import annotations
 
 import argparse
@@ -7,60 +7,23 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from .backends import BACKENDS
-from .io import InputError, check_writable_prefix
-from .objectives import COMPAT_MODES, REGULARIZERS
+from .. import backends
+from ..core.objectives import REGULARIZERS
+from ..errors import DivergenceError, InputError
+from ..io.files import IMAGE_FORMATS, check_writable_prefix, ensure_folder
+from ..settings import add_cli_options, options_from_cli, parse_hidden
 
 EXIT_INPUT = 2
 EXIT_DIVERGED = 3
 
 
-def _hidden(text: str):
-    try:
-        widths = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden must be comma-separated widths like 256,256,256, got {text!r}")
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"--hidden must be positive widths, got {text!r}")
-    return widths
-
-
-def _add_engine_options(p: argparse.ArgumentParser, defaults: dict) -> None:
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--regularizer", default=defaults.get("regularizer", "bending"),
-                   choices=[r if r else "none" for r in REGULARIZERS],
-                   help="regulariser on Φ: none, jacobian (|1 − det J|), hyperelastic (Burger et al.), bending "
-                        "(energy of the Hessian, paper eq. 3). Default: %(default)s")
-    g.add_argument("--alpha", type=float, default=None,
-                   help="regulariser weight α (default: per regulariser, see README)")
-    g.add_argument("--epochs", type=int, default=defaults.get("epochs", 2500),
-                   help="optimisation steps (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 10_000),
-                   help="points drawn from the fixed mask per step (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-4; 1e-5 with --compat "
-                                                          "idir-2022)")
-    g.add_argument("--hidden", type=_hidden, default=defaults.get("hidden", (256, 256, 256)),
-                   help="SIREN sine-layer widths, comma-separated (default: 256,256,256)")
-    g.add_argument("--omega", type=float, default=32.0, help="SIREN frequency ω (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="seed for init and point sampling (default: %(default)s)")
-    g.add_argument("--compat", default="none", choices=[c if c else "none" for c in COMPAT_MODES],
-                   help="'idir-2022' reproduces the released IDIR code's quirks (N−1 NCC, bending weights, init, "
-                        "lr, per-axis normalisation); default: the paper's equations")
-    g.add_argument("--normalisation", default=None, choices=["isotropic", "per-axis"],
-                   help="network coordinate frame (default: isotropic; per-axis with --compat idir-2022)")
-    h = p.add_argument_group("compute")
-    h.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
-    h.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS,
-                   help="reference = nested autograd (the paper); torch = analytic derivative streams; "
-                        "triton = fused GPU kernels; auto picks the fastest available (default)")
-    h.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    add_cli_options(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _engine_kwargs(a) -> dict:
-    return dict(regularizer=None if a.regularizer == "none" else a.regularizer, alpha=a.alpha, epochs=a.epochs,
-                batch_size=a.batch_size, lr=a.lr, hidden=a.hidden, omega=a.omega, seed=a.seed,
-                compat=None if a.compat == "none" else a.compat, normalisation=a.normalisation, device=a.device,
-                backend=a.backend, progress=not a.no_progress)
+    return dict(options_from_cli(a), progress=not a.no_progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mask", help="fixed-image mask; points are drawn where mask > 0 (default: whole image)")
     r.add_argument("--out", required=True, help="output prefix, e.g. out/case1_ → out/case1_0Warp.nii.gz, "
                                                 "…Warped.nii.gz, …JacDet.nii.gz, …model.pt, …report.json")
-    r.add_argument("--format", default=".nii.gz", choices=(".nii.gz", ".mha", ".nrrd"),
+    r.add_argument("--format", default=".nii.gz", choices=IMAGE_FORMATS,
                    help="image format of the outputs (default: %(default)s)")
     r.add_argument("--itk-transform", action="store_true",
                    help="also write {prefix}Transform.h5, an ITK DisplacementFieldTransform")
@@ -89,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--landmarks-frame", default="world", choices=("world", "index0", "index1"),
                    help="landmark coordinates: world LPS mm, or 0-/1-based voxel indices (x y z) of their "
                         "image (default: %(default)s)")
-    _add_engine_options(r, {})
+    _add_engine_options(r)
 
     d = sub.add_parser("demo", help="register a procedural lung phantom with a known breathing motion and print "
                                     "the landmark TRE (no download needed)",
@@ -100,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the paper's full settings (3×256, 10,000 points, 2500 epochs) even on a CPU")
     d.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    d.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS, help="compute backend")
-    d.add_argument("--regularizer", default="bending", choices=[r_ if r_ else "none" for r_ in REGULARIZERS])
+    d.add_argument("--backend", default="auto", choices=("auto",) + backends.names(), help="compute backend")
+    d.add_argument("--regularizer", default="bending", choices=[r_.label for r_ in REGULARIZERS.values()])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     rp = sub.add_parser("report", help="make the figures of saved runs (cumulative TRE, det J slice, loss curves)",
@@ -119,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--out", default=None, help="output folder (default: no files, TRE only)")
     dl.add_argument("--mask-dir", default=None, help="folder with caseN_mask.nii.gz lung masks")
     dl.add_argument("--identity", action="store_true", help="only report the identity transform's TRE")
-    _add_engine_options(dl, {})
+    _add_engine_options(dl)
 
     co = sub.add_parser("cohort", help="register every pair of a manifest CSV into its own folder (resumable)",
                         description="Register a cohort: MANIFEST.csv has columns pair_id,fixed,moving and optionally "
@@ -133,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local: one pair after another here; ray: one Ray task per pair with one GPU each "
                          "(pip install 'idir-fast[ray]')")
     co.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
+    _add_engine_options(co)
     co.add_argument("--figures", action="store_true", help="write PNG figures for every pair")
-    _add_engine_options(co, {})
 
     b = sub.add_parser("bench", help="time one optimisation step per regulariser × backend, side by side",
                        description="Benchmark: backward passes per step, ms per step, projected s per 2500-step "
@@ -144,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke test)")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     b.add_argument("--backends", default=None,
-                   help="comma-separated backends (default: reference,torch on CPU; reference,torch,triton on CUDA)")
+                   help="comma-separated backends (default: reference and the device's automatic choices: "
+                        + "; ".join(f"{k}: {','.join(v)}" for k, v in backends.DEVICE_PREFERENCE.items()) + ")")
     b.add_argument("--regularizers", default="none,jacobian,hyperelastic,bending",
                    help="comma-separated regularisers (default: %(default)s)")
     b.add_argument("--sizes", default="10000:256x256x256,2000:128x128x128",
@@ -170,10 +134,10 @@ def _print_table(rows: List[List[str]], header: List[str]) -> None:
 
 
 def cmd_register(a) -> int:
-    from .api import register
-    from .io import as_image
-    from .landmarks import read_points, to_world
-    from .geometry import ImageGeometry
+    from ..api import register
+    from ..core.geometry import ImageGeometry
+    from ..io.images import as_image
+    from ..io.landmarks import read_points, to_world
 
     prefix = check_writable_prefix(a.out, "--out")
     fl = ml = None
@@ -212,15 +176,13 @@ def _summarise(reg, outputs) -> None:
 
 
 def cmd_demo(a) -> int:
-    from .api import register, resolve_device
-    from .data import phantom_pair
-    from .io import write_image
-    from .landmarks import write_points
+    from ..api import register
+    from ..data import phantom_pair
+    from ..io.images import write_image
+    from ..io.landmarks import write_points
+    from ..settings import resolve_device
 
-    out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"'--out': {str(out)!r} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(a.out, "--out")
     dev = resolve_device(a.device)
     full = a.full or dev.type == "cuda"
     if full:
@@ -229,7 +191,7 @@ def cmd_demo(a) -> int:
     else:
         settings = dict(hidden=(128, 128, 128), batch_size=4000, epochs=300)
         size, spacing = (80, 72, 64), (3.0, 3.0, 3.0)
-    if a.epochs:
+    if a.epochs is not None:
         settings["epochs"] = a.epochs
     t0 = time.perf_counter()
     print(f"idir-fast demo: procedural lung phantom {size[0]}×{size[1]}×{size[2]} at {spacing[0]} mm, "
@@ -253,7 +215,7 @@ def cmd_demo(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .figures import report_run_dir
+    from ..io.figures import report_run_dir
 
     for prefix, figs in report_run_dir(a.run_dir).items():
         print(prefix)
@@ -265,18 +227,15 @@ def cmd_report(a) -> int:
 def cmd_dirlab(a) -> int:
     import SimpleITK as sitk
 
-    from . import dirlab
-    from .api import register
-    from .data import lung_mask_from_hu
-    from .metrics import tre
+    from ..api import register
+    from ..core.metrics import tre
+    from ..data import lung_mask_from_hu
+    from ..io import dirlab
 
     cases = [dirlab.check_case(c) for c in a.case]
     out_dir = None
     if a.out:
-        out_dir = Path(a.out)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise InputError(f"'--out': {str(out_dir)!r} exists and is not a folder")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = ensure_folder(a.out, "--out")
     found = [dirlab.find_case(a.data, c) for c in cases]  # all inputs checked before any work
     rows = []
     for c in found:
@@ -323,12 +282,11 @@ def _fmt(v, digits=2):
 
 
 def cmd_bench(a) -> int:
-    from .api import resolve_device
+    from ..settings import resolve_device
     from .bench import run
 
     dev = resolve_device(a.device)
-    backends = a.backends.split(",") if a.backends else (
-        ["reference", "torch", "triton"] if dev.type == "cuda" else ["reference", "torch"])
+    names = a.backends.split(",") if a.backends else ["reference"] + list(backends.preference(dev))
     regs = [None if r.strip() == "none" else r.strip() for r in a.regularizers.split(",") if r.strip()]
     for r in regs:
         if r not in REGULARIZERS:
@@ -340,10 +298,10 @@ def cmd_bench(a) -> int:
         for item in a.sizes.split(","):
             try:
                 n, h = item.split(":")
-                sizes.append((int(n), _hidden(h)))
-            except (ValueError, argparse.ArgumentTypeError):
+                sizes.append((int(n), parse_hidden(h)))
+            except ValueError:
                 raise InputError(f"'--sizes': expected POINTS:HIDDEN like 10000:256x256x256, got {item!r}") from None
-    run(sizes, backends, regs, device=dev, repeats=repeats, warmup=warmup, results_dir=a.results_dir,
+    run(sizes, names, regs, device=dev, repeats=repeats, warmup=warmup, results_dir=a.results_dir,
         profile=a.profile)
     if a.throughput:
         from .bench import throughput
@@ -351,9 +309,10 @@ def cmd_bench(a) -> int:
         n, hidden = sizes[-1]
         row = throughput(a.throughput, 5 if a.quick else 50, min(n, 2000), hidden, device=dev)
         if a.results_dir:
-            from .io import write_json
+            from ..environment import machine_info
+            from ..io.files import write_json
 
-            info = __import__("idir_fast.bench", fromlist=["machine_info"]).machine_info(dev)
+            info = machine_info(dev)
             stamp = info["timestamp"].replace(":", "").replace("-", "")
             write_json({"machine": info, "throughput": row}, Path(a.results_dir) / f"throughput_{stamp}.json")
     return 0
@@ -364,8 +323,6 @@ COMMANDS = {"register": cmd_register, "demo": cmd_demo, "bench": cmd_bench, "rep
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .engine import DivergenceError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -9,7 +9,9 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .io import InputError, atomic_path
+from ..errors import InputError
+from .files import IMAGE_FORMATS, atomic_path
+from .model_file import read_model_state
 
 
 def _pyplot():
@@ -96,8 +98,10 @@ def loss_curves(history: Dict[str, Sequence[float]], path: Union[str, os.PathLik
     return _save(fig, path)
 
 
-def figures_for_prefix(prefix: Union[str, os.PathLike], mask: Optional[sitk.Image] = None) -> Dict[str, Path]:
-    """Make the three figures of a saved run (``{prefix}report.json``, ``…JacDet.*``, ``…model.pt``)."""
+def figures_for_prefix(prefix: Union[str, os.PathLike], mask: Optional[sitk.Image] = None,
+                       history: Optional[Dict[str, Sequence[float]]] = None) -> Dict[str, Path]:
+    """Make the three figures of a saved run from its files (``{prefix}report.json``, ``…JacDet.*`` and, unless
+    ``history`` is given, the loss history stored in ``…model.pt``)."""
     prefix = str(prefix)
     report_path = Path(prefix + "report.json")
     if not report_path.is_file():
@@ -110,20 +114,16 @@ def figures_for_prefix(prefix: Union[str, os.PathLike], mask: Optional[sitk.Imag
         if "tre_initial_errors" in m:
             errs = {"before": m["tre_initial_errors"], **errs}
         out["tre"] = cumulative_tre(errs, prefix + "fig_tre.png")
-    jac_files = [prefix + "JacDet" + ext for ext in (".nii.gz", ".mha", ".nrrd")]
-    jac_path = next((p for p in jac_files if Path(p).is_file()), None)
+    jac_path = next((p for p in (prefix + "JacDet" + ext for ext in IMAGE_FORMATS) if Path(p).is_file()), None)
     if jac_path:
         if mask is None and report.get("settings", {}).get("mask_path"):
             mp = Path(report["settings"]["mask_path"])
             mask = sitk.ReadImage(str(mp)) if mp.is_file() else None
         out["jacobian"] = jacobian_slice(sitk.ReadImage(jac_path), prefix + "fig_jacdet.png", mask)
-    model = Path(prefix + "model.pt")
-    if model.is_file():
-        from .registration import load
-
-        hist = load(model).history
-        if hist:
-            out["loss"] = loss_curves(hist, prefix + "fig_loss.png")
+    if history is None and Path(prefix + "model.pt").is_file():
+        history = {k: v.numpy() for k, v in read_model_state(prefix + "model.pt").get("history", {}).items()}
+    if history:
+        out["loss"] = loss_curves(history, prefix + "fig_loss.png")
     return out
 
 

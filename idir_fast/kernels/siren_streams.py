@@ -1,6 +1,6 @@
 """Fused Triton kernels for the SIREN with derivative streams (value, Jacobian and Hessian in one pass).
 
-Math (``shared/notes/engine-math.md``; the PyTorch blueprint is ``idir_fast/backends/torch_streams.py``): each point
+Math (``shared/notes/engine-math.md``; the PyTorch blueprint is ``idir_fast/ops/siren_streams.py``): each point
 carries ``S`` = 1, 4 or 10 streams (value; ∂/∂x_i; ∂²/∂x_a∂x_b for the pairs 00, 11, 22, 01, 02, 12). A sine
 layer computes ``z_s = W h_s`` (+ b on the value stream) and, with ``s = sin ωz``, ``c = ω cos ωz``,
 ``q = −ω² sin ωz``::
@@ -37,9 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
-PRECISIONS = ("ieee", "tf32x3", "tf32")
-DEFAULT_PRECISION = "ieee"  # until a GPU measurement shows a faster mode keeps TRE within 1 % (README)
-NUM_STREAMS = (1, 4, 10)
+from ..core.derivatives import NUM_STREAMS
+from . import DEFAULT_PRECISION, PRECISIONS
 
 
 @triton.jit
@@ -374,7 +373,7 @@ class SirenStreamsFunction(torch.autograd.Function):
 def siren_streams_triton(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor, order: int,
                          precision: str = DEFAULT_PRECISION) -> torch.Tensor:
     """Output streams ``(S, N, 3)`` of the SIREN displacement (same contract as
-    :func:`idir_fast.backends.torch_streams.siren_streams`), differentiable w.r.t. ``params``.
+    :func:`idir_fast.ops.siren_streams.siren_streams`), differentiable w.r.t. ``params``.
 
     Args:
         params: ``[W_0, b_0, …, W_out, b_out]``, contiguous, on one device, float32 (float64 in the interpreter).

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from .io import InputError, write_json, write_text
+from ..errors import InputError
+from ..io.files import ensure_folder, write_json, write_text
+from ..settings import RunSettings, with_setting_parameters
 
 REQUIRED = ("pair_id", "fixed", "moving")
 OPTIONAL = ("mask", "fixed_landmarks", "moving_landmarks")
@@ -88,26 +90,31 @@ def read_manifest(path: Union[str, os.PathLike]) -> List[Pair]:
     return pairs
 
 
-def run_pair(pair: Pair, out_dir: str, settings: dict) -> dict:
-    """Register one pair into ``out_dir/pair_id`` atomically; returns its summary row (never raises)."""
+def run_pair(pair: Pair, out_dir: str, settings: RunSettings, options: Optional[dict] = None) -> dict:
+    """Register one pair into ``out_dir/pair_id`` atomically; returns its summary row (never raises).
+
+    Args:
+        settings: the run settings (validated once for the whole cohort).
+        options: ``threads`` (torch threads in this process), ``figures``.
+    """
     import torch
 
-    from .api import register
+    from ..api import register
 
     t0 = time.perf_counter()
     final = Path(out_dir) / pair.pair_id
     tmp = None
     row = {"pair_id": pair.pair_id}
     try:
-        if "threads" in settings:
-            torch.set_num_threads(int(settings["threads"]))
-        kwargs = {k: v for k, v in settings.items() if k not in ("threads", "figures")}
+        options = options or {}
+        if options.get("threads"):
+            torch.set_num_threads(int(options["threads"]))
         lm = {}
         if pair.fixed_landmarks:
             lm = dict(fixed_landmarks=pair.fixed_landmarks, moving_landmarks=pair.moving_landmarks)
-        reg = register(pair.fixed, pair.moving, pair.mask, **lm, **kwargs)
+        reg = register(pair.fixed, pair.moving, pair.mask, **lm, settings=settings, progress=False)
         tmp = tempfile.mkdtemp(prefix=f".{pair.pair_id}.tmp-", dir=out_dir)
-        reg.save(os.path.join(tmp, ""), figures=bool(settings.get("figures")))
+        reg.save(os.path.join(tmp, ""), figures=bool(options.get("figures")))
         os.replace(tmp, final)  # the pair appears whole or not at all
         tmp = None
         row.update(_row_from_report(final))
@@ -148,35 +155,38 @@ def _write_summary(out: Path, rows: List[dict]) -> None:
 
 
 def _prepare_out_dir(out_dir) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"'out_dir': {str(out)!r} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise InputError(f"'out_dir': {str(out)!r} is not writable")
+    out = ensure_folder(out_dir, "out_dir")
     for stale in out.glob(".*.tmp-*"):  # left by a run that was killed mid-pair
         shutil.rmtree(stale, ignore_errors=True)
     return out
 
 
+@with_setting_parameters
 def register_cohort(manifest, out_dir, *, executor: str = "local", address: Optional[str] = None,
-                    progress: bool = True, **settings) -> dict:
+                    progress: bool = True, figures: bool = False, threads: Optional[int] = None,
+                    settings: Optional[RunSettings] = None, **options) -> dict:
     """Register every pair of ``manifest`` into ``out_dir/<pair_id>/``; resumable and failure-isolated.
 
     Args:
         manifest: CSV path (see :func:`read_manifest`) or a list of :class:`Pair`.
         executor: ``"local"`` (one pair after another in this process) or ``"ray"`` (one Ray task per pair, one GPU
             each when the cluster has GPUs, on a local Ray instance or the cluster at ``address``).
-        settings: keyword arguments of :func:`idir_fast.register` (``epochs``, ``regularizer``, ``device``, …).
+        progress: a progress bar over pairs.
+        figures: write the PNG figures of every pair.
+        threads: torch threads per pair (default: torch's).
+        settings, **options: the run settings, as for :func:`idir_fast.register` (checked once, up front).
 
     Returns:
         the summary dict (also written to ``summary.json``/``summary.csv``): per-pair rows, counts.
     """
+    settings = RunSettings.build(settings, "register_cohort", **options)
     pairs = manifest if isinstance(manifest, list) else read_manifest(manifest)
     if executor not in ("local", "ray"):
         raise InputError(f"'executor' must be 'local' or 'ray', got {executor!r}")
+    if executor == "local":
+        settings.resolved()  # a device this machine lacks fails once here, not once per pair
     out = _prepare_out_dir(out_dir)
-    settings.setdefault("progress", False)
+    run_options = {"threads": threads, "figures": figures}
     done = {p.pair_id for p in pairs if (out / p.pair_id / "report.json").is_file()}
     rows = {pid: {"pair_id": pid, "status": "ok", **_row_from_report(out / pid)} for pid in done}
     todo = [p for p in pairs if p.pair_id not in done]
@@ -196,9 +206,9 @@ def register_cohort(manifest, out_dir, *, executor: str = "local", address: Opti
     try:
         if executor == "local":
             for p in todo:
-                record(run_pair(p, str(out), settings))
+                record(run_pair(p, str(out), settings, run_options))
         else:
-            for row in _run_on_ray(todo, str(out), settings, address):
+            for row in _run_on_ray(todo, str(out), settings, run_options, address):
                 record(row)
     finally:
         if bar is not None:
@@ -207,7 +217,7 @@ def register_cohort(manifest, out_dir, *, executor: str = "local", address: Opti
     return json.loads((out / "summary.json").read_text())
 
 
-def _run_on_ray(pairs: List[Pair], out_dir: str, settings: dict, address: Optional[str]):
+def _run_on_ray(pairs: List[Pair], out_dir: str, settings: RunSettings, options: dict, address: Optional[str]):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
@@ -221,7 +231,7 @@ def _run_on_ray(pairs: List[Pair], out_dir: str, settings: dict, address: Option
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         task = ray.remote(num_gpus=1 if gpus else 0, max_retries=0)(run_pair)
-        pending = [task.remote(p, out_dir, settings) for p in pairs]
+        pending = [task.remote(p, out_dir, settings, options) for p in pairs]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             yield ray.get(ready[0])

@@ -15,7 +15,8 @@ from typing import Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .io import InputError
+from ..core.metrics import tre
+from ..errors import InputError
 from .landmarks import read_points
 
 # case: (size x, y, z), (spacing x = y, z) in mm, published initial mean TRE (mm)
@@ -123,8 +124,6 @@ def find_case(data_dir: Union[str, os.PathLike], case: int) -> DirLabCase:
 
 def identity_tre(data_dir, case: int) -> dict:
     """TRE of the identity transform (the published 'initial TRE')."""
-    from .metrics import tre
-
     c = find_case(data_dir, case)
     return tre(c.fixed_landmarks, c.moving_landmarks)
 

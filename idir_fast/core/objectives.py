@@ -1,8 +1,9 @@
 """Every term of the IDIR objective, defined once and shared by all backends.
 
 The regularisers are per-point functions of the Jacobian ``J = ∂Φ/∂x`` (``(N, 3, 3)``, ``J[n, c, i] = ∂Φ_c/∂x_i``)
-and of the Hessian of ``Φ`` in *pair form* ``H6`` (``(N, 3, 6)``, ``H6[n, c, p] = ∂²Φ_c/∂x_a∂x_b`` for the pairs
-``p`` listed in :data:`PAIRS`). Derivatives are taken w.r.t. the network's normalised coordinates.
+and of the Hessian of ``Φ`` in *pair form* ``H6`` (``(N, 3, 6)``, :data:`~idir_fast.core.derivatives.PAIRS`
+order). Derivatives are taken w.r.t. the network's normalised coordinates. :data:`REGULARIZERS` is the one table
+of regularisers: name, derivative order, default weights, penalty.
 
 Two variants exist where the paper and the released code differ (``compat``):
 
@@ -11,39 +12,20 @@ Two variants exist where the paper and the released code differ (``compat``):
 * ``"idir-2022"`` – the released code: NCC with unbiased (N−1) standard deviations, so a perfect match scores
   (N−1)/N; bending with the yz cross term weighted 1, averaged over points *and* components and divided by the
   batch size once more.
+
+Everything here is capture-safe (no tensors built from Python data, no host reads): it runs inside a CUDA graph.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
 
 import torch
 
-PAIRS = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
-"""Order of the 6 unique second-derivative pairs in ``H6`` (and in the derivative streams)."""
+from .derivatives import PAIRS, full_hessian_to_pairs  # noqa: F401  (re-exported for the tests and backends)
 
-REGULARIZERS = (None, "jacobian", "hyperelastic", "bending")
 COMPAT_MODES = (None, "idir-2022")
-
-# Derivative order each regulariser needs from the network: Φ only, +J, +H.
-_ORDER = {None: 0, "jacobian": 1, "hyperelastic": 1, "bending": 2}
-
-# Default weights α. Jacobian and hyperelastic: the released code's values (both are point means, so the
-# definitions agree). Bending: the paper's eq. (3) is Σ/B where the released code computes Σ/(3·B²) with α = 10;
-# at the paper's B = 10,000 that strength is α = 10 / (3·10⁴) in eq. (3)'s scale.
-DEFAULT_ALPHA = {
-    None: {"jacobian": 0.05, "hyperelastic": 0.25, "bending": 10.0 / 3.0e4},
-    "idir-2022": {"jacobian": 0.05, "hyperelastic": 0.25, "bending": 10.0},
-}
-
 NCC_EPS = 1e-10
-
-
-def check_regularizer(name) -> Optional[str]:
-    if isinstance(name, str) and name.lower() == "none":
-        name = None
-    if name not in REGULARIZERS:
-        raise ValueError(f"'regularizer' must be one of {REGULARIZERS}, got {name!r}")
-    return name
 
 
 def check_compat(compat) -> Optional[str]:
@@ -52,17 +34,6 @@ def check_compat(compat) -> Optional[str]:
     if compat not in COMPAT_MODES:
         raise ValueError(f"'compat' must be one of {COMPAT_MODES}, got {compat!r}")
     return compat
-
-
-def derivative_order(regularizer: Optional[str]) -> int:
-    """0, 1 or 2: how many orders of spatial derivatives of Φ the regulariser needs."""
-    return _ORDER[check_regularizer(regularizer)]
-
-
-def default_alpha(regularizer: Optional[str], compat: Optional[str] = None) -> float:
-    if regularizer is None:
-        return 0.0
-    return DEFAULT_ALPHA[compat][regularizer]
 
 
 # ----------------------------------------------------------------------------------------------- similarity
@@ -143,39 +114,97 @@ def hyperelastic_penalty(J: torch.Tensor, alpha_length: float = 1.0, alpha_area:
     return (alpha_length * length + alpha_area * area + alpha_volume * volume).mean()
 
 
-def bending_pair_weights(compat: Optional[str] = None, dtype=torch.float32, device=None) -> torch.Tensor:
-    w = [1.0, 1.0, 1.0, 2.0, 2.0, 1.0 if compat == "idir-2022" else 2.0]
-    return torch.tensor(w, dtype=dtype, device=device)
-
-
 def bending_penalty(H6: torch.Tensor, compat: Optional[str] = None) -> torch.Tensor:
     """Bending energy of Φ from its Hessian in pair form ``(N, 3, 6)``.
 
     Paper eq. (3): mean over points of ``Σ_c [H_c00² + H_c11² + H_c22² + 2(H_c01² + H_c02² + H_c12²)]``.
     ``compat="idir-2022"``: yz weight 1, mean over points and components, divided by N again.
+    The pair weights are Python scalars, not a tensor: nothing is copied from the host inside a step.
     """
-    w = bending_pair_weights(compat, H6.dtype, H6.device)
-    per_component = (H6 * H6 * w).sum(-1)  # (N, 3)
+    sq = H6 * H6
+    diagonal = sq[..., 0:3].sum(-1)
     if compat == "idir-2022":
+        per_component = diagonal + 2.0 * sq[..., 3:5].sum(-1) + sq[..., 5]  # (N, 3)
         return per_component.mean() / H6.shape[0]
-    return per_component.sum(-1).mean()
+    return (diagonal + 2.0 * sq[..., 3:6].sum(-1)).sum(-1).mean()
+
+
+def _jacobian(J, H6, compat):
+    return jacobian_penalty(J)
+
+
+def _hyperelastic(J, H6, compat):
+    return hyperelastic_penalty(J)
+
+
+def _bending(J, H6, compat):
+    return bending_penalty(H6, compat)
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    """One regulariser: what it needs from the network and how it is weighted.
+
+    Attributes:
+        name: the setting's value (``None`` for no regulariser).
+        order: derivatives of Φ it needs: 0 (Φ only), 1 (+J) or 2 (+H).
+        alpha: default weight α for the paper's equations (``compat=None``).
+        alpha_idir2022: default weight with ``compat="idir-2022"`` (the released code's value).
+        penalty: ``(J, H6, compat) → scalar`` mean over points; ``None`` for no regulariser.
+    """
+
+    name: Optional[str]
+    order: int
+    alpha: float
+    alpha_idir2022: float
+    penalty: Optional[Callable[[Optional[torch.Tensor], Optional[torch.Tensor], Optional[str]], torch.Tensor]]
+
+    def default_alpha(self, compat: Optional[str] = None) -> float:
+        return self.alpha_idir2022 if compat == "idir-2022" else self.alpha
+
+    @property
+    def label(self) -> str:
+        return self.name or "none"
+
+
+# Default weights: Jacobian and hyperelastic are the released code's (both are point means, so the definitions
+# agree). Bending: the paper's eq. (3) is Σ/B where the released code computes Σ/(3·B²) with α = 10; at the
+# paper's B = 10,000 that strength is α = 10 / (3·10⁴) in eq. (3)'s scale.
+REGULARIZERS: Dict[Optional[str], Regularizer] = {r.name: r for r in (
+    Regularizer(None, 0, 0.0, 0.0, None),
+    Regularizer("jacobian", 1, 0.05, 0.05, _jacobian),
+    Regularizer("hyperelastic", 1, 0.25, 0.25, _hyperelastic),
+    Regularizer("bending", 2, 10.0 / 3.0e4, 10.0, _bending),
+)}
+
+
+def get_regularizer(name) -> Regularizer:
+    """The table entry for ``name`` (``None``/``"none"`` for no regulariser); ``ValueError`` when unknown."""
+    if isinstance(name, str) and name.lower() == "none":
+        name = None
+    if name not in REGULARIZERS:
+        raise ValueError(f"'regularizer' must be one of {tuple(REGULARIZERS)}, got {name!r}")
+    return REGULARIZERS[name]
+
+
+def check_regularizer(name) -> Optional[str]:
+    return get_regularizer(name).name
+
+
+def derivative_order(regularizer: Optional[str]) -> int:
+    """0, 1 or 2: how many orders of spatial derivatives of Φ the regulariser needs."""
+    return get_regularizer(regularizer).order
+
+
+def default_alpha(regularizer: Optional[str], compat: Optional[str] = None) -> float:
+    return get_regularizer(regularizer).default_alpha(compat)
 
 
 def regularization(regularizer: Optional[str], J: Optional[torch.Tensor], H6: Optional[torch.Tensor],
                    compat: Optional[str] = None) -> torch.Tensor:
     """Value of the named regulariser from ``(J, H6)``; 0 for ``None``."""
-    if regularizer is None:
-        dev = J.device if J is not None else None
-        return torch.zeros((), device=dev)
-    if regularizer == "jacobian":
-        return jacobian_penalty(J)
-    if regularizer == "hyperelastic":
-        return hyperelastic_penalty(J)
-    if regularizer == "bending":
-        return bending_penalty(H6, compat)
-    raise ValueError(f"unknown regularizer {regularizer!r}")
-
-
-def full_hessian_to_pairs(H: torch.Tensor) -> torch.Tensor:
-    """``(N, 3, 3, 3)`` Hessian ``H[n, c, i, j]`` → pair form ``(N, 3, 6)`` (upper triangle, :data:`PAIRS` order)."""
-    return torch.stack([H[:, :, a, b] for a, b in PAIRS], dim=-1)
+    spec = get_regularizer(regularizer)
+    if spec.penalty is None:
+        ref = J if J is not None else H6
+        return torch.zeros((), device=None if ref is None else ref.device)
+    return spec.penalty(J, H6, compat)

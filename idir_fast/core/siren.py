@@ -1,7 +1,7 @@
 """The SIREN that represents the displacement: ``u(x) = W_out h_L + b_out``, ``h_{l+1} = sin(ω (W_l h_l + b_l))``.
 
 ``Φ(x) = x + u(x)`` maps normalised fixed-image coordinates to normalised coordinates of the same frame, which
-the engine then takes to the moving image's voxels. Every sine layer uses the same ω (as the released IDIR code).
+the optimisation then takes to the moving image's voxels. Every sine layer uses the same ω (as the released IDIR code).
 """
 from __future__ import annotations
 
@@ -44,10 +44,6 @@ class Siren(nn.Module):
             self.biases.append(nn.Parameter(torch.empty(fan_out, dtype=dtype)))
         self.reset_parameters()
 
-    @property
-    def num_sine_layers(self) -> int:
-        return len(self.hidden)
-
     @torch.no_grad()
     def reset_parameters(self) -> None:
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
@@ -67,10 +63,7 @@ class Siren(nn.Module):
 
     def displacement(self, x: torch.Tensor) -> torch.Tensor:
         """``u(x)`` for points ``x`` of shape ``(N, 3)`` (plain, autograd-friendly forward)."""
-        h = x
-        for w, b in zip(self.weights[:-1], self.biases[:-1]):
-            h = torch.sin(self.omega * (h @ w.T + b))
-        return h @ self.weights[-1].T + self.biases[-1]
+        return siren_displacement(self.parameter_list(), self.omega, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``Φ(x) = x + u(x)``."""
@@ -78,3 +71,12 @@ class Siren(nn.Module):
 
     def config(self) -> dict:
         return {"hidden": list(self.hidden), "omega": self.omega, "init": self.init_scheme}
+
+
+def siren_displacement(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor) -> torch.Tensor:
+    """``u(x)`` of the SIREN with parameters ``[W_0, b_0, …, W_out, b_out]`` at points ``x`` ``(N, 3)``: the plain
+    forward that nested autograd differentiates (the reference backend)."""
+    h = x
+    for layer in range(len(params) // 2 - 1):
+        h = torch.sin(omega * (h @ params[2 * layer].T + params[2 * layer + 1]))
+    return h @ params[-2].T + params[-1]

@@ -15,14 +15,21 @@ from typing import Tuple
 import torch
 
 
+def _clamp_axis(i: torch.Tensor, hi: float) -> torch.Tensor:
+    """``i`` clamped to ``[0, hi]`` by ``where`` (derivative 1 on the closed interval; ``torch.minimum`` would
+    halve it at equality); NaN goes to 0 so it never reaches the integer cast (the callers add it back)."""
+    return torch.where(i >= 0, torch.where(i > hi, torch.full_like(i, hi), i), torch.zeros_like(i))
+
+
 def _corners(volume: torch.Tensor, index: torch.Tensor):
+    # per-axis Python bounds: no tensor is built from host data, so sampling is capture-safe
     nz, ny, nx = volume.shape
-    size = torch.tensor([nx, ny, nz], dtype=index.dtype, device=index.device)
-    inside = (index >= 0) & (index <= size - 1)
-    # where-based clamp: derivative 1 on the closed interval (torch.minimum would halve it at equality);
-    # NaN goes to 0 so it never reaches the integer cast, and is added back to the value by the callers
-    clamped = torch.where(index >= 0, torch.where(index > size - 1, size - 1, index), torch.zeros_like(index))
-    base = torch.minimum(torch.floor(clamped), size - 2).long()
+    highs = (nx - 1, ny - 1, nz - 1)
+    axes = index.unbind(-1)
+    inside = torch.stack([(i >= 0) & (i <= hi) for i, hi in zip(axes, highs)], dim=-1)
+    clamped = torch.stack([_clamp_axis(i, float(hi)) for i, hi in zip(axes, highs)], dim=-1)
+    base = torch.stack([torch.clamp(torch.floor(c), max=float(hi - 1)) for c, hi in
+                        zip(clamped.unbind(-1), highs)], dim=-1).long()
     t = clamped - base.to(index.dtype)
     i0, j0, k0 = base.unbind(-1)
     flat = volume.reshape(-1)
@@ -77,24 +84,3 @@ def trilinear_with_gradient(volume: torch.Tensor, index: torch.Tensor) -> Tuple[
         value = torch.where(bad, index.sum(-1), value)
         grad = torch.where(bad[:, None], index.sum(-1, keepdim=True).expand_as(grad), grad)
     return value, grad
-
-
-class _TrilinearFn(torch.autograd.Function):
-    """Sampling whose backward reuses the gradient computed with the value (one pass, no autograd graph)."""
-
-    @staticmethod
-    def forward(ctx, volume, index):
-        value, grad = trilinear_with_gradient(volume, index)
-        ctx.save_for_backward(grad)
-        return value
-
-    @staticmethod
-    def backward(ctx, grad_value):
-        (grad,) = ctx.saved_tensors
-        return None, grad_value.unsqueeze(-1) * grad
-
-
-def trilinear_fast(volume: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Same values and ``index`` gradient as :func:`trilinear`, with a hand-written backward (no gradient for
-    ``volume``)."""
-    return _TrilinearFn.apply(volume, index)

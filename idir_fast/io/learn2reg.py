@@ -16,8 +16,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .geometry import apply_affine
-from .io import InputError, write_image
+from ..core.geometry import ImageGeometry, apply_affine
+from ..errors import InputError
+from .images import write_image
 from .landmarks import read_points
 
 
@@ -61,8 +62,6 @@ def read_dataset(json_path: Union[str, os.PathLike], split: str = "registration_
 
 def read_keypoints_world(csv_path: Union[str, os.PathLike], image: sitk.Image) -> np.ndarray:
     """Keypoints (voxel indices in array order) → world points (LPS mm) of ``image``."""
-    from .geometry import ImageGeometry
-
     idx = read_points(csv_path, "keypoints")
     return apply_affine(ImageGeometry.from_sitk(image).index_to_world(), idx)
 

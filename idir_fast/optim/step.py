@@ -1,0 +1,154 @@
+"""One optimisation step: forward, ``−NCC + α·R``, backward, Adam — for one pair, or for several at once.
+
+Both steps have the same call: ``step(x (P, B, 3), f (P, B)) → (P, 3)`` losses ``(loss, −NCC, R)`` per pair, with
+P = 1 for :class:`PairStep`. Everything a step needs is made when the step is built, so a step issues only
+device work: no tensors from host data, no host reads (the capture-safety test checks this for every backend ×
+regulariser), and it can be captured as a CUDA graph.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch.func import vmap
+
+from ..backends import BackendChoice, self_check
+from ..core.derivatives import Derivatives, derivatives_from_streams
+from ..core.siren import Siren
+from ..ops.siren_streams import siren_streams
+from ..settings import RunSettings
+from .prepare import PreparedPair
+
+HISTORY_TERMS = ("loss", "similarity", "regularization")
+
+
+def make_adam(params: Sequence[torch.Tensor], lr: float, device: torch.device, capturable: bool = False):
+    """Adam with PyTorch's defaults but ``lr``; the fused implementation where this torch has it (one kernel
+    for all parameters, and no host read of the step count, on CPU too), capturable on CUDA."""
+    kwargs = {"capturable": True} if capturable else {}
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # an old torch without fused Adam on this device
+        return torch.optim.Adam(params, lr=lr, **kwargs)
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str, device: torch.device):
+    """cuBLAS may use single-pass TF32 exactly when ``precision == "tf32"`` (the Triton kernels handle
+    ``tf32x3`` themselves); no effect on CPU."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+class _Objective:
+    """``(loss, −NCC, R)`` of one pair from Φ and its derivatives: the one assembly of the objective."""
+
+    def __init__(self, settings: RunSettings, similarity, pair: PreparedPair):
+        self.spec = settings.regularizer_spec
+        self.alpha, self.compat = float(settings.alpha), settings.compat
+        self.similarity = similarity
+        self.moving = pair.moving
+        self.lin, self.off = pair.moving_index_affine()
+        self.zero = torch.zeros((), dtype=pair.points.dtype, device=pair.points.device)
+
+    def __call__(self, d: Derivatives, f: torch.Tensor):
+        sim = -self.similarity(self.moving, d.phi @ self.lin + self.off, f, self.compat)
+        if self.spec.penalty is None:
+            return sim, sim, self.zero
+        reg = self.spec.penalty(d.J, d.H6, self.compat)
+        return sim + self.alpha * reg, sim, reg
+
+
+class PairStep:
+    """The step of one pair with any backend.
+
+    Args:
+        siren: the network (its parameters are optimised in place).
+        pair: the prepared pair.
+        choice: the backend choice; its first-use self-check runs here (and may fall back).
+        settings: resolved settings.
+        capturable: keep Adam's state on the device for CUDA-graph capture.
+    """
+
+    def __init__(self, siren: Siren, pair: PreparedPair, choice: BackendChoice, settings: RunSettings,
+                 capturable: bool = False):
+        self.params = siren.parameter_list()
+        self.omega, self.order, self.precision = float(siren.omega), settings.order, settings.precision
+        self.device = pair.points.device
+        self.choice = self_check(choice, self.params, self.omega, self.order, self.precision)
+        self.backend = self.choice.backend
+        self.objective = _Objective(settings, self.backend.similarity, pair)
+        self.optimizer = make_adam(self.params, settings.lr, self.device, capturable)
+
+    def losses(self, x: torch.Tensor, f: torch.Tensor):
+        """``(loss, −NCC, R)`` at points ``x`` ``(B, 3)`` with fixed values ``f`` ``(B,)`` (differentiable)."""
+        d = self.backend.derivatives(self.params, self.omega, x, self.order, self.precision)
+        return self.objective(d, f)
+
+    def __call__(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        with matmul_precision(self.precision, self.device):
+            loss, sim, reg = self.losses(x[0], f[0])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.step()
+        return torch.stack([loss.detach(), sim.detach(), reg.detach()]).unsqueeze(0)
+
+
+class BatchedStep:
+    """The step of ``P`` pairs at once: a leading pair dimension on the weights and the Adam state, so every
+    layer is one batched matrix product over all pairs (``torch.func.vmap`` over the torch derivative streams).
+
+    The loss is the sum of the per-pair losses, whose parameters are disjoint, and Adam is elementwise, so each
+    pair follows the trajectory it follows alone with the same seed.
+
+    Args:
+        sirens: one network per pair, same architecture.
+        pairs: the prepared pairs.
+        choice: must be a batchable backend (``torch``).
+        settings: resolved settings.
+    """
+
+    def __init__(self, sirens: Sequence[Siren], pairs: Sequence[PreparedPair], choice: BackendChoice,
+                 settings: RunSettings, capturable: bool = False):
+        if not choice.backend.batchable:
+            raise ValueError(f"backend {choice.name!r} cannot run several pairs in one batched step")
+        self.device = pairs[0].points.device
+        per_pair = [s.parameter_list() for s in sirens]
+        self.params = [torch.nn.Parameter(torch.stack([p[k].detach() for p in per_pair]).to(self.device))
+                       for k in range(len(per_pair[0]))]
+        self.omega, self.order, self.precision = float(sirens[0].omega), settings.order, settings.precision
+        self.choice = self_check(choice, [p[0].detach() for p in self.params], self.omega, self.order,
+                                 self.precision)
+        self.backend = self.choice.backend
+        self.objectives = [_Objective(settings, self.backend.similarity, p) for p in pairs]
+        order, omega = self.order, self.omega
+        self._streams = vmap(lambda p, x: siren_streams(p, omega, x, order), in_dims=(0, 0))
+        self.optimizer = make_adam(self.params, settings.lr, self.device, capturable)
+
+    def pair_parameters(self, i: int) -> List[torch.Tensor]:
+        """Pair ``i``'s parameters (detached views)."""
+        return [p[i].detach() for p in self.params]
+
+    def __call__(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        with matmul_precision(self.precision, self.device):
+            u = self._streams(self.params, x)  # (P, S, B, 3)
+            total, rows = 0.0, []
+            for i, objective in enumerate(self.objectives):
+                loss, sim, reg = objective(derivatives_from_streams(x[i], u[i], self.order), f[i])
+                total = total + loss
+                rows.append(torch.stack([loss.detach(), sim.detach(), reg.detach()]))
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+        self.optimizer.step()
+        return torch.stack(rows)
+
+
+__all__ = ["PairStep", "BatchedStep", "HISTORY_TERMS", "make_adam", "matmul_precision"]
