@@ -29,6 +29,17 @@ def _skip(reason):
     return [], {}
 
 
+def nvcc_arch_flags(archs):
+    """Cubins for each listed architecture, plus PTX of the newest one so GPUs newer than the list JIT-compile it
+    instead of failing with "no kernel image is available"."""
+    archs = [a.strip() for a in archs if a.strip()]
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    if archs:
+        newest = max(archs, key=lambda a: int("".join(ch for ch in a if ch.isdigit())))
+        flags.append(f"-gencode=arch=compute_{newest},code=compute_{newest}")
+    return flags
+
+
 def _extensions():
     if os.environ.get("IDIR_FAST_NO_EXTENSION") == "1":
         return _skip("IDIR_FAST_NO_EXTENSION=1")
@@ -43,9 +54,14 @@ def _extensions():
     cxx = ["-O3", "-fopenmp"]  # the C++ standard is the one torch asks for
     with_cuda = os.environ.get("IDIR_FAST_FORCE_CUDA") == "1" or (torch.version.cuda is not None
                                                                    and CUDA_HOME is not None)
+    if torch.version.cuda is not None and not with_cuda:
+        message = ("idir_fast: this torch has CUDA but no CUDA toolkit (nvcc) was found: the compiled sampling/NCC "
+                   "op is built for the CPU only and GPU runs will use the slower PyTorch path. Put nvcc on PATH "
+                   "or set CUDA_HOME and reinstall to build the CUDA kernels.")
+        warnings.warn(message)
+        print(message, file=sys.stderr)
     if with_cuda:
-        arch = os.environ.get("IDIR_FAST_CUDA_ARCHS", "80;90").split(";")
-        nvcc = ["-O3"] + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in arch if a]
+        nvcc = ["-O3"] + nvcc_arch_flags(os.environ.get("IDIR_FAST_CUDA_ARCHS", "80;90").split(";"))
         ext = CUDAExtension("idir_fast._C", sources + [f"{csrc}/sample_ncc_cuda.cpp", f"{csrc}/sample_ncc.cu"],
                             define_macros=[("WITH_CUDA", None)],
                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
@@ -72,30 +88,34 @@ def _extensions():
     return [ext], {"build_ext": OptionalBuildExt}
 
 
-ext_modules, cmdclass = _extensions()
+def _setup(ext_modules, cmdclass):
+    setup(
+        name="idir-fast",
+        version=_version(),
+        description="Fast implicit-neural-representation deformable image registration (IDIR) with fused kernels",
+        long_description=open(os.path.join(HERE, "README.md")).read(),
+        long_description_content_type="text/markdown",
+        python_requires=">=3.9",
+        packages=find_packages(include=["idir_fast", "idir_fast.*"]),
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        install_requires=[
+            "torch>=2.4",
+            "numpy>=1.23",
+            "SimpleITK>=2.2",
+            "tqdm>=4.60",
+            "matplotlib>=3.5",
+            "triton>=3.0; platform_system == 'Linux'",
+        ],
+        extras_require={
+            "test": ["pytest>=7", "pytest-benchmark>=4"],
+            "ray": ["ray>=2.9"],
+        },
+        entry_points={"console_scripts": ["idir-fast=idir_fast.apps.cli:main"]},
+        zip_safe=False,
+    )
 
-setup(
-    name="idir-fast",
-    version=_version(),
-    description="Fast implicit-neural-representation deformable image registration (IDIR) with fused kernels",
-    long_description=open(os.path.join(HERE, "README.md")).read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.9",
-    packages=find_packages(include=["idir_fast", "idir_fast.*"]),
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    install_requires=[
-        "torch>=2.4",
-        "numpy>=1.23",
-        "SimpleITK>=2.2",
-        "tqdm>=4.60",
-        "matplotlib>=3.5",
-        "triton>=3.0; platform_system == 'Linux'",
-    ],
-    extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4"],
-        "ray": ["ray>=2.9"],
-    },
-    entry_points={"console_scripts": ["idir-fast=idir_fast.apps.cli:main"]},
-    zip_safe=False,
-)
+
+if not globals().get("IDIR_FAST_SETUP_IMPORT_ONLY"):  # tests read the helpers above without building
+    _setup(*_extensions())
+

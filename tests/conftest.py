@@ -4,9 +4,12 @@ from pathlib import Path
 
 import torch as _torch
 
-# Without a GPU the Triton kernels run in the interpreter; this must be set before idir_fast.kernels is imported.
-if not _torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Without a GPU the Triton kernels run in the interpreter (a stray value such as "0" or "true" is replaced, so the
+# kernel tests run instead of skipping); with a GPU they run for real. Set before idir_fast.kernels is imported.
+if _torch.cuda.is_available():
+    os.environ.pop("TRITON_INTERPRET", None)
+else:
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""The compiled fused sampling + NCC op (csrc/) against the PyTorch reference; nvcc compile checks."""
+"""The compiled fused sampling + NCC op (csrc/) against the PyTorch reference on every device it was built for
+(the CPU here; the same tests run the CUDA kernel on a GPU machine); nvcc compile checks."""
 import re
 import shutil
 import subprocess
@@ -16,9 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 ext = fused_ncc.extension()
 needs_ext = pytest.mark.skipif(ext is None, reason=f"compiled extension not built: {fused_ncc.extension_error()}")
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and fused_ncc.extension_has_cuda() else [])
+if torch.cuda.is_available() and not fused_ncc.extension_has_cuda():
+    DEVICES.append(pytest.param("cuda", marks=pytest.mark.xfail(strict=True, reason="_C was built without CUDA")))
 
 
-def _problem(dtype, n=1000, shape=(7, 13, 29), seed=0):
+def _problem(dtype, n=1000, shape=(7, 13, 29), seed=0, device="cpu"):
+    vol, idx, f = _problem_cpu(dtype, n, shape, seed)
+    return vol.to(device), idx.to(device), f.to(device)
+
+
+def _problem_cpu(dtype, n=1000, shape=(7, 13, 29), seed=0):
     g = torch.Generator().manual_seed(seed)
     vol = torch.randn(shape, generator=g, dtype=dtype)
     nz, ny, nx = shape
@@ -31,11 +40,14 @@ def _problem(dtype, n=1000, shape=(7, 13, 29), seed=0):
 
 
 @needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n", [2, 17, 1000])
-def test_forward_values_gradients_and_sums(dtype, n):
-    vol, idx, f = _problem(dtype, n)
+@pytest.mark.parametrize("n", [2, 17, 1000, 4099])
+def test_forward_values_gradients_and_sums(dtype, n, device):
+    vol, idx, f = _problem(dtype, n, device=device)
     values, grads, sums = ext.sample_ncc_forward(vol, idx, f)
+    assert values.device.type == grads.device.type == sums.device.type == device
+    vol, idx, f, values, grads, sums = (t.cpu() for t in (vol, idx, f, values, grads, sums))
     ref_v, ref_g = trilinear_with_gradient(vol, idx)
     assert torch.allclose(values, ref_v, rtol=0, atol=TOL[dtype] * 10)
     assert torch.allclose(grads, ref_g, rtol=0, atol=TOL[dtype] * 10)
@@ -45,16 +57,18 @@ def test_forward_values_gradients_and_sums(dtype, n):
 
 
 @needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("compat", [None, "idir-2022"])
-def test_ncc_and_gradient_match_autograd_reference(dtype, compat):
+def test_ncc_and_gradient_match_autograd_reference(dtype, compat, device):
     vol, idx, f = _problem(dtype, 777, seed=1)
     a = idx.clone().requires_grad_(True)
     ref = objectives.ncc(f, trilinear(vol, a), compat)
     (g_ref,) = torch.autograd.grad(ref * 1.7, a)
-    b = idx.clone().requires_grad_(True)
-    out = fused_ncc.fused_ncc(vol, b, f, compat)
+    b = idx.clone().to(device).requires_grad_(True)
+    out = fused_ncc.fused_ncc(vol.to(device), b, f.to(device), compat)
     (g_out,) = torch.autograd.grad(out * 1.7, b)
+    out, g_out = out.cpu(), g_out.cpu()
     assert out.dtype == dtype
     assert out.item() == pytest.approx(ref.item(), rel=TOL[dtype], abs=TOL[dtype])
     scale = g_ref.abs().max()
@@ -96,11 +110,18 @@ def test_backward_checks_coefficients():
         ext.sample_ncc_backward(f, v, g, torch.zeros(3, dtype=torch.float64))
 
 
-def test_torch_backend_uses_the_op_and_matches_reference_loss():
-    vol, idx, f = _problem(torch.float64, 300, seed=3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_backend_uses_the_op_and_matches_reference_loss(device, monkeypatch):
+    """When built, the torch backend's similarity goes through the compiled op (a spy counts the calls), and
+    equals the reference's plain-PyTorch NCC."""
+    calls = []
+    real = fused_ncc._FusedSampleNCC.apply
+    monkeypatch.setattr(fused_ncc._FusedSampleNCC, "apply", lambda *a: calls.append(1) or real(*a))
+    vol, idx, f = _problem(torch.float64, 300, seed=3, device=device)
     a = backends.get("torch").similarity(vol, idx, f)
-    b = backends.get("reference").similarity(vol, idx, f)
+    b = backends.get("reference").similarity(vol.cpu(), idx.cpu(), f.cpu())
     assert a.item() == pytest.approx(b.item(), rel=1e-10)
+    assert len(calls) == (1 if ext is not None else 0)
 
 
 @pytest.mark.parametrize("arch", ["80", "90"])
@@ -120,17 +141,20 @@ def test_cuda_source_compiles_without_spills(arch, tmp_path):
     assert max(registers) <= 64
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("use_ext", [False, True])
-def test_nan_points_propagate_instead_of_crashing(use_ext):
+def test_nan_points_propagate_instead_of_crashing(use_ext, device):
     if use_ext and ext is None:
         pytest.skip("compiled extension not built")
     vol, idx, f = _problem(torch.float64, 40)
     idx[3, 1] = float("nan")
     idx[5, 0] = float("inf")
+    vol, idx, f = vol.to(device), idx.to(device), f.to(device)
     if use_ext:
         values, grads, _ = ext.sample_ncc_forward(vol, idx, f)
     else:
         values, grads = trilinear_with_gradient(vol, idx)
+    vol, idx, values, grads = vol.cpu(), idx.cpu(), values.cpu(), grads.cpu()
     assert torch.isnan(values[3]) and torch.isnan(grads[3]).all()
     assert torch.isfinite(values[5]) and grads[5, 0] == 0  # +inf is outside: border value, zero derivative
     assert torch.isfinite(values[torch.arange(40) != 3]).all()

@@ -110,3 +110,81 @@ def test_ahead_of_time_compile_of_every_shipped_configuration():
     print(proc.stdout[-6000:])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert '"failed": 0' in proc.stdout
+
+
+# ---------------------------------------------------------------------------------- offsets, grid, precision
+import triton.language as tl  # noqa: E402
+
+from idir_fast.kernels import siren_streams as K  # noqa: E402
+
+
+@triton.jit
+def _stride_probe(out_ptr, N, M):
+    tl.store(out_ptr, 9 * K._stream_stride(N, M))
+
+
+@triton.jit
+def _tile_probe(out_ptr, N, M, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid_n, pid_m = K._tile_coordinates(N, M, BLOCK_N, BLOCK_M)
+    tl.store(out_ptr + 2 * tl.program_id(0), pid_n)
+    tl.store(out_ptr + 2 * tl.program_id(0) + 1, pid_m)
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="checks the interpreter's integer arithmetic")
+def test_stream_offsets_are_64_bit_where_int32_would_wrap():
+    """The last stream of a 10-stream activation at 1M points × width 256 starts at 9·N·M = 2.3e9 > 2³¹."""
+    out = torch.zeros(1, dtype=torch.int64)
+    _stride_probe[(1,)](out, 1_000_000, 256)
+    assert out.item() == 9 * 1_000_000 * 256
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="checks the launch order with the interpreter")
+def test_column_tiles_of_a_row_block_are_consecutive_programs():
+    n, m, cfg = 70, 256, dict(BLOCK_N=32, BLOCK_M=64)
+    (programs,) = K.tile_grid(n, m, cfg)
+    out = torch.full((2 * programs,), -1, dtype=torch.int64)
+    _tile_probe[(programs,)](out, n, m, BLOCK_N=32, BLOCK_M=64)
+    coords = out.view(-1, 2).tolist()
+    assert programs == 3 * 4 and coords[:5] == [[0, 0], [0, 1], [0, 2], [0, 3], [1, 0]]
+    assert sorted(map(tuple, coords)) == [(i, j) for i in range(3) for j in range(4)]  # every tile once
+
+
+def test_tf32_split_is_exact_and_three_tf32_products_reach_float32_accuracy():
+    """``matmul(..., "tf32x3")``'s algorithm against a model of TF32 tensor cores (operands rounded to 10
+    mantissa bits, products accumulated exactly): 3 products ≈ float32 accuracy, 1 product ≈ 1e-3."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 200, generator=g) * 3
+    b = torch.randn(200, 48, generator=g)
+    hi, lo = K.tf32_split(a)
+    assert torch.equal(hi + lo, a) and torch.equal(K.tf32_split(hi)[0], hi)
+    assert (lo.abs() <= a.abs() * 2.0 ** -10).all()
+
+    def tf32_mm(x, y):  # a TF32 tensor-core product: round operands to TF32, accumulate in high precision
+        return K.tf32_split(x)[0].double() @ K.tf32_split(y)[0].double()
+
+    b_hi, b_lo = K.tf32_split(b)
+    three = tf32_mm(hi, b_hi) + tf32_mm(hi, b_lo) + tf32_mm(lo, b_hi)
+    exact = a.double() @ b.double()
+    assert rel_err(three, exact) < 3e-6
+    assert rel_err(tf32_mm(a, b), exact) > 1e-4  # one TF32 product is much worse: the split matters
+    assert torch.equal(K.matmul(a.double(), b.double(), "tf32x3"), a.double() @ b.double())  # float64: exact
+
+
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3", "tf32"])
+@pytest.mark.parametrize("order", [1, 2])
+def test_gradients_in_every_precision_mode(precision, order):
+    """Outputs and all parameter gradients per precision mode (the interpreter computes every mode in full
+    float32; on a GPU the tolerances are those of each mode)."""
+    siren, seed = _fresh((64, 64), 16.0, torch.float32)
+    x = torch.rand(257, 3, device=DEVICE) * 2 - 1
+    params = siren.parameter_list()
+    u = siren_streams_triton(params, siren.omega, x, order, precision)
+    ref = siren_streams([p.double() for p in params], siren.omega, x.double(), order)
+    up = torch.randn(u.shape, device=DEVICE)
+    g = torch.autograd.grad((u * up).sum(), params)
+    g_ref = torch.autograd.grad((ref * up.double()).sum(), params)
+    tol = GPU_TOL[precision] if DEVICE.type == "cuda" else TOL[torch.float32]
+    for s in range(u.shape[0]):  # each stream against its own scale
+        assert rel_err(u[s].double(), ref[s]) < tol["out"], f"stream {s} (seed {seed})"
+    for i, (a, b) in enumerate(zip(g, g_ref)):
+        assert rel_err(a.double(), b) < tol["grad"], f"{precision}: parameter {i} (seed {seed})"

@@ -24,13 +24,16 @@ Kernels (one launch per layer, Liger-Kernel style):
 * ``_siren_sine_bwd_kernel`` — the adjoint algebra above, elementwise over all streams in one pass.
 
 The linear output layer (H→3) and the backward's matrix products (input adjoint ``z̄ W`` and weight gradient
-``Σ_s z̄_sᵀ h_s``) are single large GEMMs over all ``S·N`` rows and go to cuBLAS through ``torch.matmul``.
+``Σ_s z̄_sᵀ h_s``) are single large GEMMs over all ``S·N`` rows and go to cuBLAS (:func:`matmul`).
 
-Precision of ``tl.dot`` is explicit: ``"ieee"`` (full float32), ``"tf32x3"`` or ``"tf32"`` (tensor cores); the
-backward's cuBLAS GEMMs follow it (TF32 allowed unless ``"ieee"``).
+Precision is explicit and the same everywhere: ``"ieee"`` (full float32), ``"tf32x3"`` (three TF32 tensor-core
+products per float32 product, float32-level accuracy) or ``"tf32"`` (one); ``tl.dot`` in the kernels and the
+cuBLAS products of the output layer and the backward follow it. Offsets are 64-bit wherever a stream index
+multiplies ``N·width`` (``_stream_stride``), and launches run on the inputs' GPU.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import List, Sequence, Tuple
 
 import torch
@@ -60,6 +63,44 @@ def _sine_stream_epilogue(z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, omega):
 
 
 @triton.jit
+def _stream_stride(N, M):
+    """Elements between two streams of an ``(S, N, M)`` tensor, in int64: ``S·N·M`` passes 2³¹ (N ≈ 930k points
+    at width 256 with 9 streams after the first), where 32-bit offsets would wrap."""
+    return N.to(tl.int64) * M
+
+
+@triton.jit
+def _tile_coordinates(N, M, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """``(pid_n, pid_m)`` of this program in a 1-D grid where the column tiles of one row block are consecutive:
+    they read the same input rows, which are then still in L2 (and a 1-D grid has no 65,535 limit on rows)."""
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    return pid // tiles_m, pid % tiles_m
+
+
+@triton.jit
+def _load_streams(ptr, off, mask, stride, ORDER: tl.constexpr):
+    """The streams of ``ptr`` at ``off`` (``stride`` apart): the value, then 3 (ORDER ≥ 1) and 6 (ORDER 2) more;
+    zeros for the streams the order does not have."""
+    v0 = tl.load(ptr + off, mask=mask, other=0.0)
+    zero = v0 * 0.0
+    v1, v2, v3 = zero, zero, zero
+    v4, v5, v6, v7, v8, v9 = zero, zero, zero, zero, zero, zero
+    if ORDER >= 1:
+        v1 = tl.load(ptr + stride + off, mask=mask, other=0.0)
+        v2 = tl.load(ptr + 2 * stride + off, mask=mask, other=0.0)
+        v3 = tl.load(ptr + 3 * stride + off, mask=mask, other=0.0)
+    if ORDER >= 2:
+        v4 = tl.load(ptr + 4 * stride + off, mask=mask, other=0.0)
+        v5 = tl.load(ptr + 5 * stride + off, mask=mask, other=0.0)
+        v6 = tl.load(ptr + 6 * stride + off, mask=mask, other=0.0)
+        v7 = tl.load(ptr + 7 * stride + off, mask=mask, other=0.0)
+        v8 = tl.load(ptr + 8 * stride + off, mask=mask, other=0.0)
+        v9 = tl.load(ptr + 9 * stride + off, mask=mask, other=0.0)
+    return v0, v1, v2, v3, v4, v5, v6, v7, v8, v9
+
+
+@triton.jit
 def _store_streams(ptr, off, mask, stride, v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, ORDER: tl.constexpr):
     tl.store(ptr + off, v0, mask=mask)
     if ORDER >= 1:
@@ -79,8 +120,7 @@ def _store_streams(ptr, off, mask, stride, v0, v1, v2, v3, v4, v5, v6, v7, v8, v
 def _siren_first_fwd_kernel(x_ptr, w_ptr, b_ptr, a_ptr, z_ptr, N, M, omega, ORDER: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
     """First sine layer: ``z = W x + b`` (x: (N, 3), W: (M, 3)); writes a: (S, N, M) and z: (N, M)."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
+    pid_n, pid_m = _tile_coordinates(N, M, BLOCK_N, BLOCK_M)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_n = offs_n < N
@@ -101,7 +141,7 @@ def _siren_first_fwd_kernel(x_ptr, w_ptr, b_ptr, a_ptr, z_ptr, N, M, omega, ORDE
                                                                    zero, omega)
     off = offs_n[:, None] * M + offs_m[None, :]
     mask = mask_n[:, None] & mask_m[None, :]
-    _store_streams(a_ptr, off, mask, N * M, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, ORDER)
+    _store_streams(a_ptr, off, mask, _stream_stride(N, M), a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, ORDER)
     tl.store(z_ptr + off, z0, mask=mask)
 
 
@@ -113,14 +153,13 @@ def _siren_hidden_fwd_kernel(h_ptr, w_ptr, b_ptr, a_ptr, z_ptr, N, K, M, omega, 
 
     h: (S, N, K), W: (M, K), b: (M,); writes a: (S, N, M) and z: (S, N, M).
     """
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
+    pid_n, pid_m = _tile_coordinates(N, M, BLOCK_N, BLOCK_M)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     mask_n = offs_n < N
     mask_m = offs_m < M
-    hs = N * K  # stream stride of h
+    hs = _stream_stride(N, K)  # stream stride of h
     acc_t = h_ptr.dtype.element_ty
     acc0 = tl.zeros((BLOCK_N, BLOCK_M), dtype=acc_t)
     acc1 = tl.zeros((BLOCK_N, BLOCK_M), dtype=acc_t)
@@ -157,7 +196,7 @@ def _siren_hidden_fwd_kernel(h_ptr, w_ptr, b_ptr, a_ptr, z_ptr, N, K, M, omega, 
                                                                    acc8, acc9, omega)
     off = offs_n[:, None] * M + offs_m[None, :]
     mask = mask_n[:, None] & mask_m[None, :]
-    os = N * M
+    os = _stream_stride(N, M)
     _store_streams(a_ptr, off, mask, os, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, ORDER)
     _store_streams(z_ptr, off, mask, os, z0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8, acc9, ORDER)
 
@@ -171,68 +210,38 @@ def _siren_sine_bwd_kernel(ga_ptr, z_ptr, w0_ptr, gz_ptr, N, M, omega, ORDER: tl
     """
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    os = N * M
+    os = _stream_stride(N, M)
     mask = offs < os
-    z0 = tl.load(z_ptr + offs, mask=mask, other=0.0)
-    zero = z0 * 0.0
     if FIRST:
+        z0 = tl.load(z_ptr + offs, mask=mask, other=0.0)
+        zero = z0 * 0.0
         col = offs % M
         z1 = tl.load(w0_ptr + col * 3, mask=mask, other=0.0)
         z2 = tl.load(w0_ptr + col * 3 + 1, mask=mask, other=0.0)
         z3 = tl.load(w0_ptr + col * 3 + 2, mask=mask, other=0.0)
         z4, z5, z6, z7, z8, z9 = zero, zero, zero, zero, zero, zero
     else:
-        z1, z2, z3 = zero, zero, zero
-        z4, z5, z6, z7, z8, z9 = zero, zero, zero, zero, zero, zero
-        if ORDER >= 1:
-            z1 = tl.load(z_ptr + os + offs, mask=mask, other=0.0)
-            z2 = tl.load(z_ptr + 2 * os + offs, mask=mask, other=0.0)
-            z3 = tl.load(z_ptr + 3 * os + offs, mask=mask, other=0.0)
-        if ORDER >= 2:
-            z4 = tl.load(z_ptr + 4 * os + offs, mask=mask, other=0.0)
-            z5 = tl.load(z_ptr + 5 * os + offs, mask=mask, other=0.0)
-            z6 = tl.load(z_ptr + 6 * os + offs, mask=mask, other=0.0)
-            z7 = tl.load(z_ptr + 7 * os + offs, mask=mask, other=0.0)
-            z8 = tl.load(z_ptr + 8 * os + offs, mask=mask, other=0.0)
-            z9 = tl.load(z_ptr + 9 * os + offs, mask=mask, other=0.0)
+        z0, z1, z2, z3, z4, z5, z6, z7, z8, z9 = _load_streams(z_ptr, offs, mask, os, ORDER)
     s = tl.sin(omega * z0)
     c = omega * tl.cos(omega * z0)
     q = -(omega * omega) * s
-    g0 = c * tl.load(ga_ptr + offs, mask=mask, other=0.0)
-    if ORDER == 0:
-        tl.store(gz_ptr + offs, g0, mask=mask)
+    ga0, ga1, ga2, ga3, ga4, ga5, ga6, ga7, ga8, ga9 = _load_streams(ga_ptr, offs, mask, os, ORDER)
+    g0 = c * ga0
+    g1 = c * ga1
+    g2 = c * ga2
+    g3 = c * ga3
     if ORDER >= 1:
-        ga1 = tl.load(ga_ptr + os + offs, mask=mask, other=0.0)
-        ga2 = tl.load(ga_ptr + 2 * os + offs, mask=mask, other=0.0)
-        ga3 = tl.load(ga_ptr + 3 * os + offs, mask=mask, other=0.0)
-        g1 = c * ga1
-        g2 = c * ga2
-        g3 = c * ga3
         g0 += q * (z1 * ga1 + z2 * ga2 + z3 * ga3)
-        if ORDER >= 2:
-            ga4 = tl.load(ga_ptr + 4 * os + offs, mask=mask, other=0.0)
-            ga5 = tl.load(ga_ptr + 5 * os + offs, mask=mask, other=0.0)
-            ga6 = tl.load(ga_ptr + 6 * os + offs, mask=mask, other=0.0)
-            ga7 = tl.load(ga_ptr + 7 * os + offs, mask=mask, other=0.0)
-            ga8 = tl.load(ga_ptr + 8 * os + offs, mask=mask, other=0.0)
-            ga9 = tl.load(ga_ptr + 9 * os + offs, mask=mask, other=0.0)
-            g1 += q * (2.0 * z1 * ga4 + z2 * ga7 + z3 * ga8)
-            g2 += q * (2.0 * z2 * ga5 + z1 * ga7 + z3 * ga9)
-            g3 += q * (2.0 * z3 * ga6 + z1 * ga8 + z2 * ga9)
-            w2c = (omega * omega) * c
-            g0 += ((q * z4 - w2c * z1 * z1) * ga4 + (q * z5 - w2c * z2 * z2) * ga5
-                   + (q * z6 - w2c * z3 * z3) * ga6 + (q * z7 - w2c * z1 * z2) * ga7
-                   + (q * z8 - w2c * z1 * z3) * ga8 + (q * z9 - w2c * z2 * z3) * ga9)
-            tl.store(gz_ptr + 4 * os + offs, c * ga4, mask=mask)
-            tl.store(gz_ptr + 5 * os + offs, c * ga5, mask=mask)
-            tl.store(gz_ptr + 6 * os + offs, c * ga6, mask=mask)
-            tl.store(gz_ptr + 7 * os + offs, c * ga7, mask=mask)
-            tl.store(gz_ptr + 8 * os + offs, c * ga8, mask=mask)
-            tl.store(gz_ptr + 9 * os + offs, c * ga9, mask=mask)
-        tl.store(gz_ptr + offs, g0, mask=mask)
-        tl.store(gz_ptr + os + offs, g1, mask=mask)
-        tl.store(gz_ptr + 2 * os + offs, g2, mask=mask)
-        tl.store(gz_ptr + 3 * os + offs, g3, mask=mask)
+    if ORDER >= 2:
+        g1 += q * (2.0 * z1 * ga4 + z2 * ga7 + z3 * ga8)
+        g2 += q * (2.0 * z2 * ga5 + z1 * ga7 + z3 * ga9)
+        g3 += q * (2.0 * z3 * ga6 + z1 * ga8 + z2 * ga9)
+        w2c = (omega * omega) * c
+        g0 += ((q * z4 - w2c * z1 * z1) * ga4 + (q * z5 - w2c * z2 * z2) * ga5
+               + (q * z6 - w2c * z3 * z3) * ga6 + (q * z7 - w2c * z1 * z2) * ga7
+               + (q * z8 - w2c * z1 * z3) * ga8 + (q * z9 - w2c * z2 * z3) * ga9)
+    _store_streams(gz_ptr, offs, mask, os, g0, g1, g2, g3, c * ga4, c * ga5, c * ga6, c * ga7, c * ga8, c * ga9,
+                   ORDER)
 
 
 # ------------------------------------------------------------------------------------------------ launchers
@@ -273,6 +282,12 @@ def _check(x: torch.Tensor, params: Sequence[torch.Tensor]):
             raise ValueError(f"siren_streams_triton(): hidden widths must be multiples of 16, got {w.shape[0]}")
 
 
+def tile_grid(n: int, m: int, cfg: dict) -> tuple:
+    """The 1-D launch grid of a forward kernel: one program per ``BLOCK_N × BLOCK_M`` tile, column tiles of a
+    row block consecutive (see ``_tile_coordinates``)."""
+    return (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(m, cfg["BLOCK_M"]),)
+
+
 def _forward(x, params, omega, order, precision):
     S = NUM_STREAMS[order]
     n = x.shape[0]
@@ -281,9 +296,9 @@ def _forward(x, params, omega, order, precision):
     a = torch.empty((S, n, m), device=x.device, dtype=x.dtype)
     z_first = torch.empty((n, m), device=x.device, dtype=x.dtype)
     cfg = first_fwd_config(order, m)
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]))
-    _siren_first_fwd_kernel[grid](x, w0, b0, a, z_first, n, m, float(omega), ORDER=order,
-                                  BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], num_warps=cfg["num_warps"])
+    _siren_first_fwd_kernel[tile_grid(n, m, cfg)](x, w0, b0, a, z_first, n, m, float(omega), ORDER=order,
+                                                  BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"],
+                                                  num_warps=cfg["num_warps"])
     inputs, zs = [], [z_first]
     for layer in range(1, len(params) // 2 - 1):
         w, b = params[2 * layer], params[2 * layer + 1]
@@ -292,16 +307,15 @@ def _forward(x, params, omega, order, precision):
         a_next = torch.empty((S, n, m), device=x.device, dtype=x.dtype)
         z = torch.empty((S, n, m), device=x.device, dtype=x.dtype)
         cfg = hidden_fwd_config(order, k, m)
-        grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]))
-        _siren_hidden_fwd_kernel[grid](a, w, b, a_next, z, n, k, m, float(omega), ORDER=order,
-                                       BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"],
-                                       PRECISION=precision, num_warps=cfg["num_warps"],
-                                       num_stages=cfg["num_stages"])
+        _siren_hidden_fwd_kernel[tile_grid(n, m, cfg)](a, w, b, a_next, z, n, k, m, float(omega), ORDER=order,
+                                                       BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"],
+                                                       BLOCK_K=cfg["BLOCK_K"], PRECISION=precision,
+                                                       num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         a = a_next
         zs.append(z)
     inputs.append(a)
     w_out, b_out = params[-2], params[-1]
-    u = (a.reshape(S * n, -1) @ w_out.T).reshape(S, n, -1)
+    u = matmul(a.reshape(S * n, -1), w_out.T, precision).reshape(S, n, -1)
     u[0] += b_out
     return u, inputs, zs
 
@@ -315,8 +329,30 @@ def _sine_backward(ga, z, w0, omega, order, first):
     return gz
 
 
-class _TF32(object):
-    """Let cuBLAS use TF32 in the backward exactly when the kernels' precision allows it."""
+def tf32_split(a: torch.Tensor):
+    """``(hi, lo)`` with ``hi + lo == a`` exactly and ``hi`` exactly representable in TF32 (sign, exponent and
+    the top 10 mantissa bits of float32), so ``|lo| ≤ 2⁻¹⁰ |a|``."""
+    hi = (a.contiguous().view(torch.int32) & -8192).view(torch.float32)  # -8192 = 0xFFFFE000
+    return hi, a - hi
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, precision: str) -> torch.Tensor:
+    """``a @ b`` by cuBLAS in the kernels' precision: ``ieee`` full float32; ``tf32`` one TF32 tensor-core
+    product; ``tf32x3`` three (``a_hi b_hi + a_hi b_lo + a_lo b_hi``, float32-level accuracy on tensor cores),
+    as ``tl.dot`` does in the forward kernels. Non-float32 operands (the interpreter's float64) are exact."""
+    if a.dtype != torch.float32 or precision == "ieee":
+        with _allow_tf32(False):
+            return a @ b
+    with _allow_tf32(True):
+        if precision == "tf32":
+            return a @ b
+        a_hi, a_lo = tf32_split(a)
+        b_hi, b_lo = tf32_split(b)
+        return a_hi @ b_hi + (a_hi @ b_lo + a_lo @ b_hi)
+
+
+class _allow_tf32:
+    """cuBLAS may use TF32 exactly inside this context (restores the previous setting)."""
 
     def __init__(self, allow: bool):
         self.allow = allow
@@ -329,19 +365,25 @@ class _TF32(object):
         torch.backends.cuda.matmul.allow_tf32 = self.prev
 
 
+def _device_guard(t: torch.Tensor):
+    """Launch on ``t``'s GPU (Triton launches on the *current* device), so ``cuda:1`` works like ``cuda:0``."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 class SirenStreamsFunction(torch.autograd.Function):
-    """Autograd wrapper: forward and backward only call the launchers above."""
+    """Autograd wrapper: forward and backward only call the launchers above, on the inputs' device."""
 
     @staticmethod
     def forward(ctx, x, omega, order, precision, *params):
-        u, inputs, zs = _forward(x, params, omega, order, precision)
+        with _device_guard(x):
+            u, inputs, zs = _forward(x, params, omega, order, precision)
         ctx.omega, ctx.order, ctx.precision, ctx.n_params = omega, order, precision, len(params)
         ctx.save_for_backward(x, *params, *inputs, *zs)
         return u
 
     @staticmethod
     def backward(ctx, grad_u):
-        omega, order = ctx.omega, ctx.order
+        omega, order, precision = ctx.omega, ctx.order, ctx.precision
         saved = ctx.saved_tensors
         P = ctx.n_params
         x, params = saved[0], saved[1:1 + P]
@@ -350,20 +392,21 @@ class SirenStreamsFunction(torch.autograd.Function):
         grads: List[torch.Tensor] = [None] * P
         g = grad_u.contiguous()
         S, n = g.shape[0], g.shape[1]
-        with _TF32(ctx.precision != "ieee"):
+        with _device_guard(x):
             h = inputs[-1]
-            grads[-2] = g.reshape(S * n, -1).T @ h.reshape(S * n, -1)
+            g2 = g.reshape(S * n, -1)
+            grads[-2] = matmul(g2.T, h.reshape(S * n, -1), precision)
             grads[-1] = g[0].sum(0)
-            ga = (g.reshape(S * n, -1) @ params[-2]).reshape(S, n, -1)
+            ga = matmul(g2, params[-2], precision).reshape(S, n, -1)
             for layer in range(L - 1, 0, -1):
                 gz = _sine_backward(ga, zs[layer], params[0], omega, order, first=False)
                 w, h = params[2 * layer], inputs[layer - 1]
                 gz2 = gz.reshape(S * n, -1)
-                grads[2 * layer] = gz2.T @ h.reshape(S * n, -1)
+                grads[2 * layer] = matmul(gz2.T, h.reshape(S * n, -1), precision)
                 grads[2 * layer + 1] = gz[0].sum(0)
-                ga = (gz2 @ w).reshape(S, n, -1)
+                ga = matmul(gz2, w, precision).reshape(S, n, -1)
             gz = _sine_backward(ga, zs[0], params[0], omega, order, first=True)
-            gw0 = gz[0].T @ x
+            gw0 = gz[0].T @ x  # a rank-3 input: tiny, exact
             if order >= 1:
                 gw0 = gw0 + torch.stack([gz[1 + i].sum(0) for i in range(3)], dim=1)
             grads[0], grads[1] = gw0, gz[0].sum(0)
@@ -377,7 +420,8 @@ def siren_streams_triton(params: Sequence[torch.Tensor], omega: float, x: torch.
 
     Args:
         params: ``[W_0, b_0, …, W_out, b_out]``, contiguous, on one device, float32 (float64 in the interpreter).
-        x: ``(N, 3)`` points. order: 0, 1 or 2. precision: ``"ieee"``, ``"tf32x3"`` or ``"tf32"``.
+        x: ``(N, 3)`` points. order: 0, 1 or 2. precision: ``"ieee"``, ``"tf32x3"`` or ``"tf32"``, for the
+            kernels' ``tl.dot`` and the cuBLAS products of the output layer and the backward alike.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"'precision' must be one of {PRECISIONS}, got {precision!r}")
