@@ -60,3 +60,26 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DATA} (only present in the development checkout)")
     return SHARED_DATA
+
+
+# ------------------------------------------------------------------------------------------------ skip budget
+# With IDIR_FAST_STRICT_SKIPS=1 (set by .ci/run) a skip is a failure unless its reason starts with "[device]":
+# tests that only mean something on another kind of device (GPU-only checks on a CPU, interpreter checks on a GPU).
+# A missing compiled op, a missing optional package or missing shared data must not pass CI silently.
+_skips = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and isinstance(report.longrepr, tuple):
+        _skips.append((report.nodeid, str(report.longrepr[2])))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("IDIR_FAST_STRICT_SKIPS") != "1":
+        return
+    unexpected = [(n, r) for n, r in _skips if not r.replace("Skipped: ", "").startswith("[device]")]
+    if unexpected:
+        print("\nIDIR_FAST_STRICT_SKIPS: skips outside the known device-only tests:")
+        for nodeid, reason in unexpected:
+            print(f"  {nodeid}: {reason}")
+        session.exitstatus = 1

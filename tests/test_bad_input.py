@@ -90,7 +90,7 @@ def test_bad_settings(images, kwargs, pattern):
         idir_fast.register(f, m, mask, **{**KW, **kwargs})
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="[device] this machine has CUDA")
 def test_cuda_requested_without_cuda(images):
     f, m, mask = images
     with pytest.raises(InputError, match="'device' is 'cuda' but CUDA is not available"):

@@ -90,7 +90,7 @@ def test_bad_arguments():
         siren_streams_triton(bad.parameter_list(), 4.0, x, 1)
 
 
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="precision modes differ only on a GPU")
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="[device] precision modes differ only on a GPU")
 @pytest.mark.parametrize("precision", ["ieee", "tf32x3", "tf32"])
 def test_precision_modes_on_gpu(precision):
     siren, seed = _fresh((256, 256, 256), 32.0, torch.float32)
@@ -130,7 +130,7 @@ def _tile_probe(out_ptr, N, M, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
     tl.store(out_ptr + 2 * tl.program_id(0) + 1, pid_m)
 
 
-@pytest.mark.skipif(DEVICE.type != "cpu", reason="checks the interpreter's integer arithmetic")
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="[device] checks the interpreter's integer arithmetic")
 def test_stream_offsets_are_64_bit_where_int32_would_wrap():
     """The last stream of a 10-stream activation at 1M points × width 256 starts at 9·N·M = 2.3e9 > 2³¹."""
     out = torch.zeros(1, dtype=torch.int64)
@@ -138,7 +138,7 @@ def test_stream_offsets_are_64_bit_where_int32_would_wrap():
     assert out.item() == 9 * 1_000_000 * 256
 
 
-@pytest.mark.skipif(DEVICE.type != "cpu", reason="checks the launch order with the interpreter")
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="[device] checks the launch order with the interpreter")
 def test_column_tiles_of_a_row_block_are_consecutive_programs():
     n, m, cfg = 70, 256, dict(BLOCK_N=32, BLOCK_M=64)
     (programs,) = K.tile_grid(n, m, cfg)

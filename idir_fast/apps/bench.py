@@ -27,6 +27,7 @@ from ..core.siren import Siren
 from ..environment import machine_info
 from ..io.files import write_json
 from ..optim.prepare import PreparedPair
+from .gpu_model import H100, model_step_ms
 from ..optim.step import PairStep
 from ..settings import RunSettings
 
@@ -182,7 +183,7 @@ def throughput(n_pairs: int, epochs: int, n_points: int, hidden: Sequence[int], 
     return row
 
 
-def run(sizes: Iterable[tuple] = ((10_000, (256, 256, 256)),), backends: Sequence[str] = ("reference", "torch"),
+def run(sizes: Iterable[tuple] = ((10_000, (256, 256, 256)),), backend_names: Sequence[str] = ("reference", "torch"),
         regularizers: Sequence[Optional[str]] = REGULARIZERS, device="cpu", repeats: int = 5, warmup: int = 2,
         results_dir: Optional[str] = None, print_table: bool = True, profile: bool = False) -> List[dict]:
     """Benchmark every (size, regulariser, backend) side by side; append rows to ``results_dir``."""
@@ -194,7 +195,7 @@ def run(sizes: Iterable[tuple] = ((10_000, (256, 256, 256)),), backends: Sequenc
             flops = matmul_flops(n, hidden, order)
             rate = gemm_rate(n, hidden, order, device)
             base = None
-            for name in backends:
+            for name in backend_names:
                 try:
                     row = time_step(name, reg, n, hidden, device, warmup=warmup, repeats=repeats)
                 except Exception as err:  # noqa: BLE001 — report, keep benchmarking the others
@@ -206,6 +207,8 @@ def run(sizes: Iterable[tuple] = ((10_000, (256, 256, 256)),), backends: Sequenc
                 row["gemm_gflops"] = rate / 1e9
                 row["floor_ms"] = 1000.0 * flops / rate
                 row["x_floor"] = row["ms_median"] / row["floor_ms"]
+                row["precision"] = backends.check_precision(None)
+                row["h100_model_ms"] = model_step_ms(n, hidden, order, row["backend"], row["precision"])
                 if name == "reference":
                     base = row["ms_median"]
                 row["speedup_vs_reference"] = (base / row["ms_median"]) if base else None
@@ -234,18 +237,19 @@ def format_table(rows: List[dict], info: dict) -> str:
     head = (f"device {info.get('device_name')} ({info.get('cpu')}, {info.get('cores')} cores), torch "
             f"{info.get('torch')}, commit {info.get('commit')}, {info.get('timestamp')}")
     cols = ["points", "hidden", "regularizer", "backend", "passes", "ms/step (median [IQR])", "s/2500",
-            "peak MiB", "speed-up", "floor ms", "× floor"]
+            "peak MiB", "speed-up", "floor ms", "× floor", f"{H100.name.split(' (')[0]} model ms"]
     lines = []
     for r in rows:
         if "error" in r:
             lines.append([str(r["points"]), r["hidden"], r["regularizer"], r["backend"], "-", r["error"][:60],
-                          "", "", "", "", ""])
+                          "", "", "", "", "", ""])
             continue
         sp = r.get("speedup_vs_reference")
         lines.append([str(r["points"]), r["hidden"], r["regularizer"], r["backend"], str(r["passes"]),
                       f"{r['ms_median']:.1f} [{r['ms_q25']:.1f}–{r['ms_q75']:.1f}]", f"{r['s_per_2500']:.1f}",
                       f"{r['peak_mib']:.0f}", f"{sp:.2f}×" if sp else "–", f"{r['floor_ms']:.1f}",
-                      f"{r['x_floor']:.2f}"])
+                      f"{r['x_floor']:.2f}",
+                      "–" if r["h100_model_ms"] != r["h100_model_ms"] else f"{r['h100_model_ms']:.2f}"])
     widths = [max(len(c), *(len(x[i]) for x in lines)) if lines else len(c) for i, c in enumerate(cols)]
     out = [head, "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |",
            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -263,7 +267,8 @@ def save_rows(rows: List[dict], info: dict, results_dir: str) -> Path:
     csv_path = d / "results.csv"
     keys = ["timestamp", "commit", "device_name", "cpu", "torch", "device", "points", "hidden", "regularizer",
             "backend", "passes", "ms_median", "ms_q25", "ms_q75", "s_per_2500", "peak_mib", "peak_kind",
-            "speedup_vs_reference", "gflop_per_step", "gemm_gflops", "floor_ms", "x_floor", "error"]
+            "speedup_vs_reference", "gflop_per_step", "gemm_gflops", "floor_ms", "x_floor", "precision",
+            "h100_model_ms", "error"]
     new = not csv_path.exists()
     with open(csv_path, "a", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")

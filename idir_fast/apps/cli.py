@@ -99,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(co)
     co.add_argument("--figures", action="store_true", help="write PNG figures for every pair")
 
+    dr = sub.add_parser("doctor", help="check this machine: environment, every fast path against the reference, "
+                                       "capture safety, step time; --gpu-acceptance for a first GPU session",
+                        description=__import__("idir_fast.apps.doctor", fromlist=["x"]).__doc__.split("\n\n")[1])
+    dr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    dr.add_argument("--quick", action="store_true", help="tiny sizes only (CI)")
+    dr.add_argument("--gpu-acceptance", action="store_true",
+                    help="also run the GPU acceptance checks (test suite, graph capture, CUDA vs CPU op, TRE per "
+                         "precision, benchmark, throughput); on a CPU, what a CPU can run")
+    dr.add_argument("--no-tests", action="store_true", help="with --gpu-acceptance: skip the test suite")
+    dr.add_argument("--out", default=None,
+                    help="write the JSON + Markdown report into this folder (default with --gpu-acceptance: "
+                         "benchmarks/results of this checkout when present)")
+
     b = sub.add_parser("bench", help="time one optimisation step per regulariser × backend, side by side",
                        description="Benchmark: backward passes per step, ms per step, projected s per 2500-step "
                                    "registration, peak memory, speed-up vs reference and the GEMM floor, for each "
@@ -318,8 +331,19 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_doctor(a) -> int:
+    from .doctor import ROOT, doctor
+
+    out = a.out
+    if out is None and a.gpu_acceptance and (ROOT / "benchmarks" / "results").is_dir():
+        out = str(ROOT / "benchmarks" / "results")
+    report = doctor(a.device, quick=a.quick, gpu_acceptance=a.gpu_acceptance, run_tests=not a.no_tests,
+                    out_dir=out)
+    return 1 if report.failures else 0
+
+
 COMMANDS = {"register": cmd_register, "demo": cmd_demo, "bench": cmd_bench, "report": cmd_report,
-            "dirlab": cmd_dirlab, "cohort": cmd_cohort}
+            "dirlab": cmd_dirlab, "cohort": cmd_cohort, "doctor": cmd_doctor}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

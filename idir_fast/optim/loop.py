@@ -55,7 +55,7 @@ def _device_scope(device: torch.device):
 
 def run(step, sampler: PointSampler, epochs: int, *, device: torch.device, loop: str = "fast",
         sync_every: Optional[int] = None, progress: Optional[str] = None,
-        log: Optional[Callable[[int, list], None]] = None) -> LoopResult:
+        log: Optional[Callable[[int, list], None]] = None, sync_debug: bool = False) -> LoopResult:
     """Run ``epochs`` steps of ``step`` on batches from ``sampler``.
 
     Args:
@@ -67,6 +67,8 @@ def run(step, sampler: PointSampler, epochs: int, *, device: torch.device, loop:
         sync_every: epochs between host reads (default: :func:`default_sync_every`).
         progress: a label to show a tqdm progress bar with; ``None`` for no bar.
         log: called as ``log(epoch, [loss, similarity, regularization] of pair 0)`` at every host read.
+        sync_debug: on CUDA, run the replayed epochs under ``torch.cuda.set_sync_debug_mode("error")`` (any host
+            synchronisation outside the periodic history read raises) — the GPU acceptance check.
 
     Raises:
         DivergenceError: the loss became non-finite (names the epoch).
@@ -89,13 +91,15 @@ def run(step, sampler: PointSampler, epochs: int, *, device: torch.device, loop:
         t0 = time.perf_counter()
         try:
             for epoch in range(epochs):
-                sampler.before_step()
+                with _sync_debug(sync_debug and graph is not None):
+                    sampler.before_step()
                 if use_graph and graph is None and epoch >= GRAPH_WARMUP:
                     graph, static_out = _capture(step, sampler, side)
                     use_graph = graph is not None
                 if graph is not None:
-                    graph.replay()
-                    history[epoch].copy_(static_out)
+                    with _sync_debug(sync_debug):
+                        graph.replay()
+                        history[epoch].copy_(static_out)
                 elif use_graph:  # warm-up epochs run on a side stream, as capture requires
                     side.wait_stream(torch.cuda.current_stream(device))
                     with torch.cuda.stream(side):
@@ -112,6 +116,19 @@ def run(step, sampler: PointSampler, epochs: int, *, device: torch.device, loop:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
     return LoopResult(history=history.cpu().numpy(), seconds=seconds, epochs_run=epochs, graph=graph is not None)
+
+
+@contextlib.contextmanager
+def _sync_debug(on: bool):
+    if not on:
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
 
 
 def _capture(step, sampler: PointSampler, side):

@@ -54,7 +54,8 @@ def _progress_label(settings: RunSettings, choice, n_pairs: int) -> str:
     return f"IDIR {what} [{choice.name}]" + (f" ×{n_pairs} pairs" if n_pairs > 1 else "")
 
 
-def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: bool = False) -> Trained:
+def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: bool = False,
+             sync_debug: bool = False) -> Trained:
     """Train one network per pair, all in one loop (one pair: any backend; several: a batched step).
 
     Args:
@@ -62,6 +63,7 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
             size ``min(batch_size, mask points)``.
         settings: resolved settings (:meth:`RunSettings.resolved`).
         progress: show a progress bar.
+        sync_debug: fail on any host synchronisation of the replayed CUDA graph (GPU acceptance).
     """
     device = settings.torch_device
     batch = min(settings.batch_size, min(p.num_points for p in pairs))
@@ -76,7 +78,8 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
         step = BatchedStep(sirens, pairs, choice, settings, capturable=capturable)
     sampler = PointSampler([p.points for p in pairs], [p.fixed_values for p in pairs], batch, settings.seed)
     result = run(step, sampler, settings.epochs, device=device, loop=settings.loop,
-                 progress=_progress_label(settings, step.choice, len(pairs)) if progress else None)
+                 progress=_progress_label(settings, step.choice, len(pairs)) if progress else None,
+                 sync_debug=sync_debug)
     if isinstance(step, BatchedStep):
         for i, siren in enumerate(sirens):
             with torch.no_grad():
