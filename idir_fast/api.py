@@ -17,6 +17,8 @@ from .environment import environment
 from .errors import InputError
 from .io.images import ImageLike, as_image, as_mask
 from .io.landmarks import read_points
+from .io.transforms import matrix_to_transform, transform_matrix
+from .optim.affine import affine_stage
 from .optim.prepare import PreparedPair, prepare_pair
 from .optim.run import Trained, optimise
 from .optim.step import HISTORY_TERMS
@@ -34,20 +36,27 @@ class PairInputs:
     fixed_landmarks: Optional[np.ndarray] = None
     moving_landmarks: Optional[np.ndarray] = None
     paths: Dict[str, str] = field(default_factory=dict)
+    moving_mask: Optional[sitk.Image] = None
+    initial_transform: Optional[np.ndarray] = None  # 4×4 fixed-world → moving-world
 
 
 def read_pair(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = None, *, names=None, spacing=None,
-              origin=None, direction=None, fixed_landmarks=None, moving_landmarks=None) -> PairInputs:
-    """Read and validate one pair's images, mask and landmarks; ``names`` prefixes argument names in errors."""
+              origin=None, direction=None, fixed_landmarks=None, moving_landmarks=None, moving_mask=None,
+              initial_transform=None) -> PairInputs:
+    """Read and validate one pair's images, masks, landmarks and starting transform; ``names`` prefixes argument
+    names in errors."""
     label = (names or "{}").format
     geometry = dict(spacing=spacing, origin=origin, direction=direction)
     fixed_img = as_image(fixed, label("fixed"), **geometry)
     moving_img = as_image(moving, label("moving"), **geometry)
     mask_img = as_mask(mask, label("mask"), fixed_img)
+    moving_mask_img = as_mask(moving_mask, label("moving_mask"), moving_img)
+    start = None if initial_transform is None else transform_matrix(initial_transform, label("initial_transform"))
     fl, ml = _landmarks(fixed_landmarks, moving_landmarks, label)
     paths = {f"{name}_path": os.path.abspath(os.fspath(obj)) for name, obj in
-             (("fixed", fixed), ("moving", moving), ("mask", mask)) if isinstance(obj, (str, os.PathLike))}
-    return PairInputs(fixed_img, moving_img, mask_img, fl, ml, paths)
+             (("fixed", fixed), ("moving", moving), ("mask", mask), ("moving_mask", moving_mask),
+              ("initial_transform", initial_transform)) if isinstance(obj, (str, os.PathLike))}
+    return PairInputs(fixed_img, moving_img, mask_img, fl, ml, paths, moving_mask_img, start)
 
 
 def _landmarks(fixed_landmarks, moving_landmarks, label=str.format):
@@ -75,9 +84,48 @@ def _tre_summary(stats: dict) -> dict:
     return {k: v for k, v in stats.items() if k != "errors"}
 
 
+@dataclass
+class PreparedRun:
+    """One pair made ready: the affine stage done, the pair(s) on the device (two for symmetric registration)."""
+
+    pairs: List[PreparedPair]
+    affine_info: Dict[str, Any]
+    fwd_to_bwd: Optional[np.ndarray] = None
+
+
+def prepare_run(inputs: PairInputs, settings: RunSettings) -> PreparedRun:
+    """Affine stage (``settings.affine``, from the starting transform when given), then the forward pair and,
+    with ``settings.symmetric``, the backward pair (moving → fixed) and the map between the two network frames.
+
+    The backward pair draws its points from the moving mask; without one, from the fixed mask carried onto the
+    moving grid by the affine part (the whole moving image when there is no fixed mask either).
+    """
+    A, info = inputs.initial_transform, {}
+    if settings.affine == "auto":
+        A, info = affine_stage(inputs.fixed, inputs.moving, inputs.mask, inputs.moving_mask, initial=A,
+                               seed=settings.seed)
+    common = dict(normalisation=settings.normalisation, device=settings.torch_device, dtype=settings.dtype)
+    fwd = prepare_pair(inputs.fixed, inputs.moving, inputs.mask, world_affine=A, moving_mask=inputs.moving_mask,
+                       **common)
+    if not settings.symmetric:
+        return PreparedRun([fwd], info)
+    A = fwd.world_affine
+    points_mask = inputs.moving_mask
+    if points_mask is None and inputs.mask is not None:
+        points_mask = sitk.Resample(inputs.mask, inputs.moving, matrix_to_transform(np.linalg.inv(A)),
+                                    sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        if not np.any(sitk.GetArrayViewFromImage(points_mask)):
+            points_mask = None
+    bwd = prepare_pair(inputs.moving, inputs.fixed, points_mask, world_affine=np.linalg.inv(A),
+                       moving_mask=inputs.mask if inputs.moving_mask is not None else None,
+                       names=("moving", "fixed"), **common)
+    return PreparedRun([fwd, bwd], info, bwd.world_to_normalised @ A @ np.linalg.inv(fwd.world_to_normalised))
+
+
 def _result(i: int, trained: Trained, pair: PreparedPair, inputs: PairInputs, settings: RunSettings,
-            timings: dict, extra: Optional[dict] = None) -> Registration:
-    """The :class:`Registration` of pair ``i`` of a trained batch: settings and versions, history, timings, TRE."""
+            timings: dict, extra: Optional[dict] = None, backward=None) -> Registration:
+    """The :class:`Registration` of pair ``i`` of a trained batch: settings and versions, history, timings, TRE;
+    ``backward`` = ``(siren, backward pair)`` of a symmetric registration."""
     record = settings.to_dict()
     record.update(trained.choice.record())
     record.update(batch_size=trained.batch_size, mask_voxels=pair.num_points,
@@ -86,7 +134,12 @@ def _result(i: int, trained: Trained, pair: PreparedPair, inputs: PairInputs, se
                   **(extra or {}))
     history = {name: trained.history(i)[:, k] for k, name in enumerate(HISTORY_TERMS)}
     reg = Registration(trained.sirens[i], pair.world_to_normalised, pair.fixed_geometry, record, history,
-                       timings, moving=inputs.moving, mask=inputs.mask)
+                       timings, moving=inputs.moving, mask=inputs.mask, world_affine=pair.world_affine,
+                       moving_geometry=pair.moving_geometry)
+    if backward is not None:
+        siren, bwd = backward
+        reg.set_backward(siren, bwd.world_to_normalised)
+        reg.metrics["consistency"] = reg.consistency_summary(settings.consistency_flag_mm)
     if inputs.fixed_landmarks is not None:
         before = tre(inputs.fixed_landmarks, inputs.moving_landmarks)
         after = tre(reg.transform_points(inputs.fixed_landmarks), inputs.moving_landmarks)
@@ -97,8 +150,9 @@ def _result(i: int, trained: Trained, pair: PreparedPair, inputs: PairInputs, se
 
 @with_setting_parameters
 def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = None, *, spacing=None, origin=None,
-             direction=None, fixed_landmarks=None, moving_landmarks=None, progress: bool = True,
-             settings: Optional[RunSettings] = None, **options: Any) -> Registration:
+             direction=None, fixed_landmarks=None, moving_landmarks=None, moving_mask: Optional[ImageLike] = None,
+             initial_transform=None, progress: bool = True, settings: Optional[RunSettings] = None,
+             **options: Any) -> Registration:
     """Register ``moving`` to ``fixed``: find Φ with ``M(Φ(x)) ≈ F(x)`` on the fixed mask.
 
     Args:
@@ -108,13 +162,19 @@ def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = No
             voxels where ``mask > 0`` (all voxels when ``mask`` is None).
         fixed_landmarks, moving_landmarks: optional ``(N, 3)`` world points (LPS mm) or point files; when both
             are given the initial and final TRE are stored in ``metrics``.
+        moving_mask: a mask on the moving image's grid: the similarity then counts only points whose Φ(x) falls
+            inside it (and inside ``mask``).
+        initial_transform: a starting fixed → moving transform (ITK ``.tfm``/``.txt``/``.h5``, ANTs ``.mat``, a
+            ``SimpleITK.Transform`` or a 4×4 matrix); linear. With ``affine="auto"`` the affine stage starts from it,
+            otherwise the SIREN models the residual after it.
         progress: show a tqdm progress bar with the current loss.
         settings: a :class:`~idir_fast.settings.RunSettings`; keyword ``options`` override its fields.
         **options: any field of :class:`~idir_fast.settings.RunSettings` — ``regularizer`` (``None``,
             ``"jacobian"``, ``"hyperelastic"``, ``"bending"``), ``alpha``, ``epochs``, ``batch_size``, ``lr``,
             ``hidden``, ``omega``, ``seed``, ``compat`` (``"idir-2022"``: the released code's quirks), ``init``,
             ``normalisation``, ``dtype``, ``device``, ``backend`` (``"auto"``, ``"reference"``, ``"torch"``,
-            ``"triton"``), ``precision``; defaults and reasons in README.
+            ``"triton"``), ``precision``, ``affine`` (``"auto"``: an affine stage first), ``symmetric`` (forward +
+            backward networks with cycle consistency); defaults and reasons in README.
 
     Returns:
         :class:`~idir_fast.registration.Registration`.
@@ -122,16 +182,27 @@ def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = No
     t_start = time.perf_counter()
     settings = RunSettings.build(settings, "register", **options).resolved()
     inputs = read_pair(fixed, moving, mask, spacing=spacing, origin=origin, direction=direction,
-                       fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks)
-    pair = prepare_pair(inputs.fixed, inputs.moving, inputs.mask, normalisation=settings.normalisation,
-                        device=settings.torch_device, dtype=settings.dtype)
+                       fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, moving_mask=moving_mask,
+                       initial_transform=initial_transform)
+    run = prepare_run(inputs, settings)
     t_prepared = time.perf_counter()
-    trained = optimise([pair], settings, progress=progress)
+    trained = optimise(run.pairs, settings, progress=progress, fwd_to_bwd=run.fwd_to_bwd)
     timings = {"prepare_s": t_prepared - t_start, "optimise_s": trained.loop.seconds,
                "ms_per_epoch": 1000.0 * trained.loop.seconds / max(trained.loop.epochs_run, 1)}
-    reg = _result(0, trained, pair, inputs, settings, timings)
+    if run.affine_info:
+        timings["affine_s"] = run.affine_info["seconds"]
+    backward = (trained.sirens[1], run.pairs[1]) if settings.symmetric else None
+    reg = _result(0, trained, run.pairs[0], inputs, settings, timings, extra=_affine_record(run), backward=backward)
     reg.timings["total_s"] = time.perf_counter() - t_start
     return reg
+
+
+def _affine_record(run: PreparedRun) -> dict:
+    info = {k: v for k, v in run.affine_info.items() if k != "seconds"}
+    out = {"world_affine": run.pairs[0].world_affine.tolist()}
+    if info:
+        out["affine_stage"] = info
+    return out
 
 
 def _pair_args(i: int, item) -> dict:

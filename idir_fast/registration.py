@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from .core.geometry import ImageGeometry, apply_affine
+from .core.inverse import newton_inverse
 from .core.metrics import folding, sdlogj
 from .core.objectives import determinant
 from .core.sampling import trilinear
@@ -39,6 +40,8 @@ class Registration:
         siren: the trained network (evaluation only), on :attr:`device`.
         device: where fields and points are evaluated.
         world_to_normalised: 4×4 affine of the network frame.
+        world_affine: 4×4 fixed-world → moving-world map applied after the network (an affine stage or a
+            starting transform; the identity without one): the transform is ``Φ(x) = A(x + u(x))``.
         fixed_geometry: grid on which fields are written.
         moving: the moving image, when known (needed by :meth:`warped` unless one is passed).
         mask: the fixed-image mask, when known (folding is then counted inside it).
@@ -51,12 +54,19 @@ class Registration:
     def __init__(self, siren: Siren, world_to_normalised: np.ndarray, fixed_geometry: ImageGeometry,
                  settings: dict, history: Optional[dict] = None, timings: Optional[dict] = None,
                  moving: Optional[sitk.Image] = None, metrics: Optional[dict] = None,
-                 mask: Optional[sitk.Image] = None, device=None):
+                 mask: Optional[sitk.Image] = None, device=None, world_affine: Optional[np.ndarray] = None,
+                 moving_geometry: Optional[ImageGeometry] = None):
         self.device = torch.device(device) if device is not None else next(siren.parameters()).device
         self.siren = siren.to(self.device).eval()
         for p in self.siren.parameters():
             p.requires_grad_(False)
         self.world_to_normalised = np.asarray(world_to_normalised, dtype=np.float64)
+        self.world_affine = np.eye(4) if world_affine is None else np.asarray(world_affine, dtype=np.float64)
+        self.moving_geometry = moving_geometry
+        if moving_geometry is None and moving is not None:
+            self.moving_geometry = ImageGeometry.from_sitk(moving)
+        self.backward: Optional[Siren] = None  # Ψ: moving → fixed, in symmetric registration
+        self.backward_world_to_normalised: Optional[np.ndarray] = None
         self.fixed_geometry = fixed_geometry
         self.settings = dict(settings)
         self.history = {k: np.asarray(v) for k, v in (history or {}).items()}
@@ -70,10 +80,49 @@ class Registration:
     def _chunk(self) -> int:
         return CHUNK_POINTS.get(self.device.type, 1 << 16)
 
-    def _u_streams(self, x_normalised: torch.Tensor, order: int) -> torch.Tensor:
-        params = self.siren.parameter_list()
+    def _u_streams(self, x_normalised: torch.Tensor, order: int, siren: Optional[Siren] = None) -> torch.Tensor:
+        siren = siren or self.siren
+        params = siren.parameter_list()
         with torch.no_grad():
-            return siren_streams(params, self.siren.omega, x_normalised.to(params[0].dtype), order)
+            return siren_streams(params, siren.omega, x_normalised.to(params[0].dtype), order).double()
+
+    def set_backward(self, siren: Siren, world_to_normalised: np.ndarray) -> None:
+        """Attach the backward network Ψ (moving → fixed) of a symmetric registration, with its frame (the moving
+        image's)."""
+        self.backward = siren.to(self.device).eval()
+        for p in self.backward.parameters():
+            p.requires_grad_(False)
+        self.backward_world_to_normalised = np.asarray(world_to_normalised, dtype=np.float64)
+
+    def _backward_points(self, points_world: np.ndarray) -> np.ndarray:
+        """Ψ(y) for moving world points: its network in the moving frame, then the inverse of the affine part."""
+        w2n = self.backward_world_to_normalised
+        y = torch.from_numpy(apply_affine(w2n, points_world)).to(self.device)
+        out = [(yc + self._u_streams(yc, 0, self.backward)[0]).cpu().numpy() for yc in y.split(self._chunk)]
+        psi_n = np.concatenate(out) if out else np.zeros((0, 3))
+        return apply_affine(np.linalg.inv(self.world_affine) @ np.linalg.inv(w2n), psi_n)
+
+    def _newton_inverse(self, points_world: np.ndarray, tolerance_mm: float = 1e-3):
+        """Φ⁻¹ of moving world points by Newton's method on the network (:mod:`idir_fast.core.inverse`), chunked on
+        :attr:`device`. Returns ``(fixed world points, residual mm, converged)``."""
+        n2w = np.linalg.inv(self.world_to_normalised)
+        mm_per_unit = float(np.abs(np.linalg.det(n2w[:3, :3])) ** (1.0 / 3.0))
+        t = torch.from_numpy(apply_affine(self.world_to_normalised @ np.linalg.inv(self.world_affine),
+                                          points_world)).to(self.device)
+        eye = torch.eye(3, dtype=torch.float64, device=self.device)
+
+        def phi_and_jacobian(x):
+            u = self._u_streams(x, 1)
+            return x + u[0], u[1:4].permute(1, 2, 0) + eye
+
+        xs, res, conv = [], [], []
+        for tc in t.split(self._chunk):
+            r = newton_inverse(phi_and_jacobian, tc, tolerance=tolerance_mm, scale=mm_per_unit)
+            xs.append(r.x.cpu().numpy())
+            res.append(r.residual.cpu().numpy())
+            conv.append(r.converged.cpu().numpy())
+        cat = (lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape))
+        return apply_affine(n2w, cat(xs, (0, 3))), cat(res, (0,)), cat(conv, (0,)).astype(bool)
 
     def grid_chunks(self, order: int = 0) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
         """``(start, x (n, 3) normalised float64, u streams (S, n, 3))`` over the fixed grid in array (C) order,
@@ -99,34 +148,47 @@ class Registration:
         g.apply_to(img)
         return img
 
-    def transform_points(self, points) -> np.ndarray:
-        """Map fixed-image world points (LPS mm) ``(N, 3)`` to moving-image world points ``(N, 3)``."""
+    def transform_points(self, points, inverse: bool = False) -> np.ndarray:
+        """Map fixed-image world points (LPS mm) ``(N, 3)`` to moving-image world points ``(N, 3)``; with
+        ``inverse=True`` moving points to fixed points: by the backward network of a symmetric registration,
+        else by Newton inversion of Φ (see :meth:`inverse_consistency` for where that did not converge)."""
         pts = np.asarray(points, dtype=np.float64)
         if pts.ndim != 2 or pts.shape[1] != 3:
             raise InputError(f"'points' must have shape (N, 3) in world LPS mm, got {pts.shape}")
         if not np.all(np.isfinite(pts)):
             raise InputError("'points' contains NaN/Inf")
+        if inverse:
+            return self._backward_points(pts) if self.backward is not None else self._newton_inverse(pts)[0]
         x = torch.from_numpy(apply_affine(self.world_to_normalised, pts)).to(self.device)
         phi = [(xc + self._u_streams(xc, 0)[0].double()).cpu().numpy() for xc in x.split(self._chunk)]
         phi_n = np.concatenate(phi) if phi else np.zeros((0, 3))
-        return apply_affine(np.linalg.inv(self.world_to_normalised), phi_n)
+        return apply_affine(self.world_affine @ np.linalg.inv(self.world_to_normalised), phi_n)
 
     def displacement_field(self) -> sitk.Image:
         """Forward field ``u(x) = Φ(x) − x`` on the fixed grid, mm in the LPS world frame (VectorFloat32).
 
         Cast to ``sitk.sitkVectorFloat64`` to build a ``sitk.DisplacementFieldTransform``.
         """
-        lin = torch.as_tensor(np.linalg.inv(self.world_to_normalised)[:3, :3], device=self.device)
-        return self._grid_image(((s, u[0].double() @ lin.T) for s, _, u in self.grid_chunks(0)), components=3)
+        n2w = np.linalg.inv(self.world_to_normalised)
+        total = torch.as_tensor(self.world_affine @ n2w, device=self.device)  # normalised Φ → moving world
+        n2w = torch.as_tensor(n2w, device=self.device)
+
+        def displacements():
+            for start, x, u in self.grid_chunks(0):
+                moved = (x + u[0].double()) @ total[:3, :3].T + total[:3, 3]
+                yield start, moved - (x @ n2w[:3, :3].T + n2w[:3, 3])
+
+        return self._grid_image(displacements(), components=3)
 
     def jacobian_determinant(self) -> sitk.Image:
         """``det ∂Φ/∂x`` on the fixed grid (Float32). The world and normalised frames differ by an affine map,
-        so the determinant is the same in both."""
+        so the network's determinant is the same in both; an affine stage multiplies it by ``det A``."""
         eye = torch.eye(3, dtype=torch.float64, device=self.device)
+        det_affine = float(np.linalg.det(self.world_affine[:3, :3]))
 
         def dets():
             for start, _, u in self.grid_chunks(1):
-                yield start, determinant(u[1:4].permute(1, 2, 0).double() + eye)
+                yield start, det_affine * determinant(u[1:4].permute(1, 2, 0).double() + eye)
 
         return self._grid_image(dets())
 
@@ -144,7 +206,8 @@ class Registration:
         moving = as_image(moving, "moving", check_values=False)
         mg = ImageGeometry.from_sitk(moving)
         vol = torch.from_numpy(sitk.GetArrayFromImage(moving).astype(np.float64)).to(self.device)
-        n2mi = torch.as_tensor(mg.world_to_index() @ np.linalg.inv(self.world_to_normalised), device=self.device)
+        n2mi = torch.as_tensor(mg.world_to_index() @ self.world_affine @ np.linalg.inv(self.world_to_normalised),
+                               device=self.device)
         hi = [n - 0.5 for n in mg.size]
 
         def values():
@@ -157,6 +220,80 @@ class Registration:
                 yield start, torch.where(outside, torch.full_like(val, default_value), val)
 
         return self._grid_image(values())
+
+    # ------------------------------------------------------------------------------------ inverse, consistency
+    def _moving_grid(self) -> ImageGeometry:
+        if self.moving_geometry is None:
+            raise InputError("the moving image's grid is unknown (this model file does not store it); pass "
+                             "moving= to idir_fast.load")
+        return self.moving_geometry
+
+    @staticmethod
+    def _grid_world_blocks(g: ImageGeometry, block: int = 1 << 20):
+        """``(start, world points (n, 3))`` over a grid in array order, a block at a time (host memory bounded)."""
+        total = int(np.prod(g.size))
+        for start in range(0, total, block):
+            kk, jj, ii = np.unravel_index(np.arange(start, min(start + block, total)), g.shape_zyx)
+            yield start, apply_affine(g.index_to_world(), np.stack([ii, jj, kk], axis=1).astype(np.float64))
+
+    def inverse_displacement_field(self) -> sitk.Image:
+        """``v(y) = Φ⁻¹(y) − y`` on the moving grid, mm, LPS (VectorFloat32; ANTs' ``0InverseWarp``): maps moving
+        points back to fixed points. By the backward network of a symmetric registration, else by Newton
+        inversion of Φ."""
+        g = self._moving_grid()
+        out = np.empty((int(np.prod(g.size)), 3), dtype=np.float32)
+        for start, y in self._grid_world_blocks(g):
+            out[start:start + len(y)] = self.transform_points(y, inverse=True) - y
+        img = sitk.GetImageFromArray(out.reshape(g.shape_zyx + (3,)), isVector=True)
+        g.apply_to(img)
+        return img
+
+    def inverse_consistency(self, points_moving: Optional[np.ndarray] = None) -> dict:
+        """How well the inverse inverts: ``‖Φ(Φ⁻¹(y)) − y‖`` (mm: mean, p95, max) over every 8th voxel of the moving grid (or
+        ``points_moving``), and the share of points where Newton's method did not converge (folded or
+        non-invertible regions; with a backward network: where the error exceeds 0.5 mm)."""
+        if points_moving is None:  # every 8th voxel of the moving grid: a fair sample, a fraction of the time
+            y = np.concatenate([b for _, b in self._grid_world_blocks(self._moving_grid())])[::8]
+        else:
+            y = np.asarray(points_moving, dtype=np.float64)
+        if self.backward is not None:
+            x = self._backward_points(y)
+            converged = None
+        else:
+            x, _, converged = self._newton_inverse(y)
+        err = np.linalg.norm(self.transform_points(x) - y, axis=1)
+        if converged is None:
+            converged = err <= 0.5
+        return {"mean_mm": float(err.mean()), "p95_mm": float(np.percentile(err, 95)), "max_mm": float(err.max()),
+                "not_converged_fraction": float(1.0 - converged.mean()), "points": int(err.size)}
+
+    def consistency_errors(self) -> np.ndarray:
+        """Cycle error ``‖Ψ(Φ(x)) − x‖`` (mm) at every voxel of the fixed grid, array order (needs a backward
+        network: ``symmetric=True``)."""
+        if self.backward is None:
+            raise InputError("the consistency map needs a symmetric registration (symmetric=True)")
+        g = self.fixed_geometry
+        out = np.empty(int(np.prod(g.size)), dtype=np.float32)
+        for start, x in self._grid_world_blocks(g):
+            out[start:start + len(x)] = np.linalg.norm(self._backward_points(self.transform_points(x)) - x, axis=1)
+        return out.reshape(g.shape_zyx)
+
+    def consistency_image(self) -> sitk.Image:
+        """:meth:`consistency_errors` as a Float32 image on the fixed grid (``{prefix}Consistency``): a per-voxel
+        uncertainty, high where the two directions disagree."""
+        img = sitk.GetImageFromArray(self.consistency_errors().astype(np.float32))
+        self.fixed_geometry.apply_to(img)
+        return img
+
+    def consistency_summary(self, flag_mm: float = 2.0) -> dict:
+        """Cycle error inside the fixed mask (the whole grid without one): mean, p95, max (mm) and ``flagged``
+        when p95 exceeds ``flag_mm`` — a registration to look at."""
+        e = self.consistency_errors()
+        if self.mask is not None:
+            e = e[sitk.GetArrayViewFromImage(self.mask) > 0]
+        p95 = float(np.percentile(e, 95))
+        return {"mean_mm": float(e.mean()), "p95_mm": p95, "max_mm": float(e.max()), "flag_mm": float(flag_mm),
+                "flagged": bool(p95 > flag_mm)}
 
     # ------------------------------------------------------------------------------------------- persistence
     def report(self) -> dict:

@@ -87,6 +87,18 @@ class RunSettings:
     loop: str = _setting("fast", "optimisation loop: fast (no per-step host reads; CUDA graph on a GPU) or eager "
                                  "(reads the loss every step; the reference the fast loop is tested against)",
                          choices=list(LOOPS), cli=False)
+    affine: Optional[str] = _setting(
+        None, "affine stage before the SIREN: auto (SimpleITK, correlation metric, 3-level pyramid; starts from "
+        "--initial-transform when given) or none", choices=["auto", "none"])
+    symmetric: bool = _setting(
+        False, "train a forward and a backward SIREN together with a cycle-consistency term (ccIDIR); writes both "
+        "fields and the consistency map, a per-voxel uncertainty")
+    alpha_cycle: float = _setting(
+        1e-2, "weight of the cycle-consistency term with --symmetric (per mm² of mean squared cycle error)",
+        parse=float)
+    consistency_flag_mm: float = _setting(
+        2.0, "with --symmetric: a pair is flagged as doubtful when the 95th percentile of its cycle error in the "
+        "mask exceeds this (mm)", parse=float)
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -116,6 +128,16 @@ class RunSettings:
             set_(self, "device", str(_parse_device(self.device)))
         if self.loop not in LOOPS:
             raise InputError(f"'loop' must be one of {LOOPS}, got {self.loop!r}")
+        if isinstance(self.affine, str) and self.affine.lower() == "none":
+            set_(self, "affine", None)
+        if self.affine not in (None, "auto"):
+            raise InputError(f"'affine' must be 'auto' or None, got {self.affine!r}")
+        if not isinstance(self.symmetric, (bool, np.bool_)):
+            raise InputError(f"'symmetric' must be True or False, got {self.symmetric!r}")
+        set_(self, "symmetric", bool(self.symmetric))
+        set_(self, "alpha_cycle", _number(self.alpha_cycle, "alpha_cycle", "a finite number ≥ 0", lambda v: v >= 0))
+        set_(self, "consistency_flag_mm", _number(self.consistency_flag_mm, "consistency_flag_mm",
+                                                  "a finite positive number", lambda v: v > 0))
 
     # ------------------------------------------------------------------------------------------- derived
     @property
@@ -272,10 +294,13 @@ def add_cli_options(parser, *, only=None, group_titles=("optimisation", "compute
             else ",".join(map(str, default))
         if default is None and f.name not in ("alpha", "lr", "init", "normalisation", "device", "precision"):
             shown = "none"
-        kwargs = dict(default=None, help=f"{meta['help']} (default: {shown})")
-        if meta.get("parse") is not None:
+        text = meta["help"] if "default" in meta["help"] else f"{meta['help']} (default: {shown})"
+        kwargs = dict(default=None, help=text)
+        if isinstance(default, bool):  # a switch: --symmetric
+            kwargs.update(action="store_const", const=True)
+        elif meta.get("parse") is not None:
             kwargs["type"] = _argparse_type(meta["parse"], f.name)
-        if meta.get("choices"):
+        if meta.get("choices") and not isinstance(default, bool):
             kwargs["choices"] = meta["choices"]
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]

@@ -23,7 +23,7 @@ ALLOWED = {
     "settings": {"core", "backends", "kernels"},
     "io": {"core"},
     "data": {"core", "io"},
-    "optim": {"core", "ops", "kernels", "backends", "settings"},
+    "optim": {"core", "ops", "kernels", "backends", "settings", "io"},
     "registration": {"core", "ops", "io"},
     "api": {"core", "ops", "kernels", "backends", "settings", "optim", "io", "registration", "environment"},
     "apps": {"core", "ops", "kernels", "backends", "settings", "optim", "io", "registration", "environment", "api",

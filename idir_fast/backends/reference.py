@@ -50,9 +50,10 @@ def field_derivatives(displacement: Callable[[torch.Tensor], torch.Tensor], x: t
 
 
 def similarity(moving: torch.Tensor, index: torch.Tensor, fixed_values: torch.Tensor,
-               compat: Optional[str] = None) -> torch.Tensor:
-    """NCC of ``fixed_values`` and ``moving`` sampled at ``index``, autograd through the plain interpolant."""
-    return ncc(fixed_values, trilinear(moving, index), compat)
+               compat: Optional[str] = None, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """NCC of ``fixed_values`` and ``moving`` sampled at ``index``, autograd through the plain interpolant;
+    ``weights`` ``(N,)`` restricts it to points inside a moving mask."""
+    return ncc(fixed_values, trilinear(moving, index), compat, weights)
 
 
 def backward_passes(order: int) -> int:

@@ -145,9 +145,14 @@ def compose(*affines: Sequence) -> np.ndarray:
     return out
 
 
-def boxes_overlap(a: ImageGeometry, b: ImageGeometry) -> bool:
-    """Whether the world bounding boxes of two images intersect."""
+def boxes_overlap(a: ImageGeometry, b: ImageGeometry, a_to_b_world=None) -> bool:
+    """Whether the world bounding boxes of two images intersect, ``a``'s box first mapped by the 4×4 affine
+    ``a_to_b_world`` when given."""
     alo, ahi = a.world_extent_box()
+    if a_to_b_world is not None:
+        corners = np.array([[x, y, z] for x in (alo[0], ahi[0]) for y in (alo[1], ahi[1]) for z in (alo[2], ahi[2])])
+        mapped = apply_affine(a_to_b_world, corners)
+        alo, ahi = mapped.min(0), mapped.max(0)
     blo, bhi = b.world_extent_box()
     pad = 0.5 * (np.max(a.spacing) + np.max(b.spacing))
     return bool(np.all(alo - pad <= bhi) and np.all(blo - pad <= ahi))

@@ -37,19 +37,33 @@ def check_compat(compat) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------------------------- similarity
-def ncc(fixed: torch.Tensor, moving: torch.Tensor, compat: Optional[str] = None) -> torch.Tensor:
+def ncc(fixed: torch.Tensor, moving: torch.Tensor, compat: Optional[str] = None,
+        weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Global normalised cross-correlation of two sample vectors ``(N,)``.
 
     ``NCC = cov(f, m) / (σ_f σ_m + ε)`` with ``cov`` the mean of centred products; σ uses 1/N (paper) or
     1/(N−1) (``compat="idir-2022"``). The similarity loss is ``−NCC``.
+
+    With ``weights`` ``(N,)`` in [0, 1] (a moving mask sampled at Φ(x)) every mean, variance and covariance is
+    weighted and N becomes Σw: points with weight 0 do not count. All weights 1 gives the unweighted value.
     """
-    f = fixed - fixed.mean()
-    m = moving - moving.mean()
-    n = f.numel()
-    cov = (f * m).mean()
-    ddof = 1 if compat == "idir-2022" and n > 1 else 0
-    var_f = (f * f).sum() / (n - ddof)
-    var_m = (m * m).sum() / (n - ddof)
+    if weights is None:
+        f = fixed - fixed.mean()
+        m = moving - moving.mean()
+        n = f.numel()
+        cov = (f * m).mean()
+        ddof = 1 if compat == "idir-2022" and n > 1 else 0
+        var_f = (f * f).sum() / (n - ddof)
+        var_m = (m * m).sum() / (n - ddof)
+        return cov / (torch.sqrt(var_f) * torch.sqrt(var_m) + NCC_EPS)
+    n = weights.sum().clamp_min(1e-12)
+    f = fixed - (weights * fixed).sum() / n
+    m = moving - (weights * moving).sum() / n
+    cov = (weights * f * m).sum() / n
+    ddof = 1.0 if compat == "idir-2022" else 0.0
+    denom = (n - ddof).clamp_min(1e-12)
+    var_f = (weights * f * f).sum() / denom
+    var_m = (weights * m * m).sum() / denom
     return cov / (torch.sqrt(var_f) * torch.sqrt(var_m) + NCC_EPS)
 
 

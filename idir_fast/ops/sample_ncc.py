@@ -121,10 +121,11 @@ def fused_ncc(moving: torch.Tensor, index: torch.Tensor, fixed_values: torch.Ten
 
 
 def sample_ncc(moving: torch.Tensor, index: torch.Tensor, fixed_values: torch.Tensor,
-               compat: Optional[str] = None) -> torch.Tensor:
+               compat: Optional[str] = None, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Global NCC of ``fixed_values`` ``(N,)`` and ``moving`` ``(nz, ny, nx)`` sampled at voxel indices ``index``
     ``(N, 3)`` (``(x, y, z)`` order); differentiable w.r.t. ``index``. The compiled op when it runs on
-    ``index``'s device, else the PyTorch path — the same definition."""
-    if available(index.device):
+    ``index``'s device, else the PyTorch path — the same definition. With ``weights`` (a moving mask sampled at
+    the points) the weighted NCC of :func:`idir_fast.core.objectives.ncc`, on the PyTorch path."""
+    if weights is None and available(index.device):
         return fused_ncc(moving, index, fixed_values, compat)
-    return objectives.ncc(fixed_values, trilinear_fast(moving, index), compat)
+    return objectives.ncc(fixed_values, trilinear_fast(moving, index), compat, weights)

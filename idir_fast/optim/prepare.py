@@ -23,6 +23,10 @@ class PreparedPair:
         moving: ``(nz, ny, nx)`` moving intensities.
         points: ``(M, 3)`` normalised coordinates of the fixed voxels inside the mask.
         fixed_values: ``(M,)`` fixed intensities there.
+        world_affine: 4×4 float64 fixed-world → moving-world map applied after Φ (an affine stage or a starting
+            transform; the identity without one): the total map is ``A(Φ(x))``.
+        moving_weights: ``(nz, ny, nx)`` moving mask (1 inside), or ``None``: the similarity then counts only
+            points whose Φ(x) falls inside it.
     """
 
     fixed_geometry: ImageGeometry
@@ -32,6 +36,8 @@ class PreparedPair:
     moving: torch.Tensor
     points: torch.Tensor
     fixed_values: torch.Tensor
+    world_affine: np.ndarray = None
+    moving_weights: Optional[torch.Tensor] = None
 
     @property
     def num_points(self) -> int:
@@ -44,16 +50,25 @@ class PreparedPair:
 
 
 def prepare_pair(fixed: sitk.Image, moving: sitk.Image, mask: Optional[sitk.Image], *,
-                 normalisation: str = "isotropic", device=torch.device("cpu"),
-                 dtype=torch.float32) -> PreparedPair:
-    """Validate a pair (overlap, non-constant intensities) and move what the loop needs to ``device``."""
+                 normalisation: str = "isotropic", device=torch.device("cpu"), dtype=torch.float32,
+                 world_affine: Optional[np.ndarray] = None, moving_mask: Optional[sitk.Image] = None,
+                 names=("fixed", "moving")) -> PreparedPair:
+    """Validate a pair (overlap, non-constant intensities) and move what the loop needs to ``device``.
+
+    Args:
+        world_affine: 4×4 fixed-world → moving-world map applied after Φ (``None``: identity).
+        moving_mask: a mask on the moving image's grid: only points mapped inside it count in the similarity.
+        names: the argument names of the two images in error messages.
+    """
     fg, mg = ImageGeometry.from_sitk(fixed), ImageGeometry.from_sitk(moving)
-    if not boxes_overlap(fg, mg):
+    A = np.eye(4) if world_affine is None else np.asarray(world_affine, dtype=np.float64)
+    if not boxes_overlap(fg, mg, A):
         lo_f, hi_f = fg.world_extent_box()
         lo_m, hi_m = mg.world_extent_box()
-        raise InputError("'fixed' and 'moving' do not overlap in world space (LPS mm): fixed spans "
-                         f"{np.round(lo_f, 1).tolist()}..{np.round(hi_f, 1).tolist()}, moving spans "
-                         f"{np.round(lo_m, 1).tolist()}..{np.round(hi_m, 1).tolist()}")
+        via = " (after the starting/affine transform)" if world_affine is not None else ""
+        raise InputError(f"'{names[0]}' and '{names[1]}' do not overlap in world space (LPS mm){via}: "
+                         f"{names[0]} spans {np.round(lo_f, 1).tolist()}..{np.round(hi_f, 1).tolist()}, "
+                         f"{names[1]} spans {np.round(lo_m, 1).tolist()}..{np.round(hi_m, 1).tolist()}")
     fixed_arr = sitk.GetArrayViewFromImage(fixed)
     if mask is not None:
         inside = np.flatnonzero(sitk.GetArrayViewFromImage(mask).ravel() > 0)
@@ -61,18 +76,24 @@ def prepare_pair(fixed: sitk.Image, moving: sitk.Image, mask: Optional[sitk.Imag
         inside = np.arange(fixed_arr.size)
     fixed_values = np.asarray(fixed_arr).ravel()[inside]
     if fixed_values.size < 2 or float(np.std(fixed_values)) == 0.0:
-        raise InputError("'fixed' is constant inside the mask: NCC is undefined for a constant image")
+        raise InputError(f"'{names[0]}' is constant inside the mask: NCC is undefined for a constant image")
     moving_arr = sitk.GetArrayFromImage(moving)
     if float(np.std(moving_arr)) == 0.0:
-        raise InputError("'moving' is constant: NCC is undefined for a constant image")
+        raise InputError(f"'{names[1]}' is constant: NCC is undefined for a constant image")
 
     w2n = fg.world_to_normalised(normalisation)
-    n2mi = compose(mg.world_to_index(), np.linalg.inv(w2n))
-    index_all = fg.voxel_grid_index(dtype=torch.float64)[torch.from_numpy(inside)]
-    points = apply_affine(fg.index_to_normalised(normalisation), index_all)
+    n2mi = compose(mg.world_to_index(), A, np.linalg.inv(w2n))
+    kk, jj, ii = np.unravel_index(inside, fg.shape_zyx)  # voxel indices of the mask only (never the full grid)
+    index_inside = torch.from_numpy(np.stack([ii, jj, kk], axis=1).astype(np.float64))
+    points = apply_affine(fg.index_to_normalised(normalisation), index_inside)
+    weights = None
+    if moving_mask is not None:
+        weights = torch.as_tensor((sitk.GetArrayViewFromImage(moving_mask) > 0).astype(np.float32), dtype=dtype,
+                                  device=device)
     return PreparedPair(
         fixed_geometry=fg, moving_geometry=mg, world_to_normalised=w2n, normalised_to_moving_index=n2mi,
         moving=torch.as_tensor(moving_arr, dtype=dtype, device=device),
         points=points.to(device=device, dtype=dtype),
         fixed_values=torch.as_tensor(fixed_values, dtype=dtype, device=device),
+        world_affine=A, moving_weights=weights,
     )

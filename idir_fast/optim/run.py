@@ -3,7 +3,7 @@ the sampler, and runs :func:`idir_fast.optim.loop.run` — for one pair (any bac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from ..settings import RunSettings
 from .loop import LoopResult, run
 from .points import PointSampler
 from .prepare import PreparedPair
-from .step import BatchedStep, PairStep
+from .step import BatchedStep, PairStep, SymmetricStep
 
 
 @dataclass
@@ -55,7 +55,7 @@ def _progress_label(settings: RunSettings, choice, n_pairs: int) -> str:
 
 
 def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: bool = False,
-             sync_debug: bool = False) -> Trained:
+             sync_debug: bool = False, fwd_to_bwd: Optional[np.ndarray] = None) -> Trained:
     """Train one network per pair, all in one loop (one pair: any backend; several: a batched step).
 
     Args:
@@ -64,15 +64,19 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
         settings: resolved settings (:meth:`RunSettings.resolved`).
         progress: show a progress bar.
         sync_debug: fail on any host synchronisation of the replayed CUDA graph (GPU acceptance).
+        fwd_to_bwd: for symmetric registration (two pairs: forward, backward), the 4×4 map from the forward
+            network's frame to the backward one's; adds the cycle-consistency term (:class:`SymmetricStep`).
     """
     device = settings.torch_device
     batch = min(settings.batch_size, min(p.num_points for p in pairs))
-    if len(pairs) > 1 and len({min(settings.batch_size, p.num_points) for p in pairs}) != 1:
+    if fwd_to_bwd is None and len({min(settings.batch_size, p.num_points) for p in pairs}) != 1:
         raise ValueError("pairs of one batched step must share the effective batch size")
     choice = backends.select(settings.backend, device)
     sirens = [new_siren(settings) for _ in pairs]
     capturable = settings.loop == "fast" and device.type == "cuda"
-    if len(pairs) == 1:
+    if fwd_to_bwd is not None:
+        step = SymmetricStep(sirens, pairs, choice, settings, fwd_to_bwd, capturable=capturable)
+    elif len(pairs) == 1:
         step = PairStep(sirens[0], pairs[0], choice, settings, capturable=capturable)
     else:
         step = BatchedStep(sirens, pairs, choice, settings, capturable=capturable)

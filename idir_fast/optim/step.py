@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
+
 import torch
 from torch.func import vmap
 
 from ..backends import BackendChoice, self_check
 from ..core.derivatives import Derivatives, derivatives_from_streams
+from ..core.sampling import trilinear_with_gradient
 from ..core.siren import Siren
 from ..ops.siren_streams import siren_streams
 from ..settings import RunSettings
@@ -55,12 +58,17 @@ class _Objective:
         self.spec = settings.regularizer_spec
         self.alpha, self.compat = float(settings.alpha), settings.compat
         self.similarity = similarity
-        self.moving = pair.moving
+        self.moving, self.moving_weights = pair.moving, pair.moving_weights
         self.lin, self.off = pair.moving_index_affine()
         self.zero = torch.zeros((), dtype=pair.points.dtype, device=pair.points.device)
 
     def __call__(self, d: Derivatives, f: torch.Tensor):
-        sim = -self.similarity(self.moving, d.phi @ self.lin + self.off, f, self.compat)
+        index = d.phi @ self.lin + self.off
+        if self.moving_weights is None:
+            sim = -self.similarity(self.moving, index, f, self.compat)
+        else:  # only points mapped into the moving mask count (a constant weight: the mask is not optimised)
+            weights = trilinear_with_gradient(self.moving_weights, index.detach())[0]
+            sim = -self.similarity(self.moving, index, f, self.compat, weights)
         if self.spec.penalty is None:
             return sim, sim, self.zero
         reg = self.spec.penalty(d.J, d.H6, self.compat)
@@ -140,15 +148,54 @@ class BatchedStep:
     def __call__(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         with matmul_precision(self.precision, self.device):
             u = self._streams(self.params, x)  # (P, S, B, 3)
-            total, rows = 0.0, []
-            for i, objective in enumerate(self.objectives):
-                loss, sim, reg = objective(derivatives_from_streams(x[i], u[i], self.order), f[i])
-                total = total + loss
-                rows.append(torch.stack([loss.detach(), sim.detach(), reg.detach()]))
+            losses = [objective(derivatives_from_streams(x[i], u[i], self.order), f[i])
+                      for i, objective in enumerate(self.objectives)]
+            extra = self.coupling(x, u)
+            total = sum(loss for loss, _, _ in losses) + (0.0 if extra is None else extra.sum())
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
         self.optimizer.step()
+        rows = [torch.stack([(loss if extra is None else loss + extra[i]).detach(), sim.detach(), reg.detach()])
+                for i, (loss, sim, reg) in enumerate(losses)]
         return torch.stack(rows)
 
+    def coupling(self, x: torch.Tensor, u: torch.Tensor) -> Optional[torch.Tensor]:
+        """Terms that couple the pairs' networks, one per pair ``(P,)`` (none here; see :class:`SymmetricStep`)."""
+        return None
 
-__all__ = ["PairStep", "BatchedStep", "HISTORY_TERMS", "make_adam", "matmul_precision"]
+
+class SymmetricStep(BatchedStep):
+    """A forward network Φ (fixed → moving) and a backward network Ψ (moving → fixed) trained together, as two
+    pairs of one batched step, plus the cycle-consistency term of ccIDIR (Van Harten et al.):
+    ``α_cycle · (mean ‖Ψ(Φ(x)) − x‖² + mean ‖Φ(Ψ(y)) − y‖²)`` in mm², at the step's points of each pair.
+
+    Pair 0 is (fixed, moving) with its points in the fixed image's network frame; pair 1 is (moving, fixed) in the
+    moving image's frame. ``fwd_to_bwd`` is the 4×4 map between the two frames (``W2N_m ∘ A ∘ N2W_f``).
+    """
+
+    def __init__(self, sirens, pairs, choice, settings, fwd_to_bwd: np.ndarray, capturable: bool = False):
+        super().__init__(sirens, pairs, choice, settings, capturable)
+        dev, dt = self.device, pairs[0].points.dtype
+        c = torch.as_tensor(fwd_to_bwd, dtype=dt, device=dev)
+        ci = torch.as_tensor(np.linalg.inv(fwd_to_bwd), dtype=dt, device=dev)
+        self.f2b, self.b2f = (c[:3, :3].T.contiguous(), c[:3, 3].contiguous()), (ci[:3, :3].T.contiguous(),
+                                                                                   ci[:3, 3].contiguous())
+        # mm per normalised unit, as a matrix on row vectors, of each pair's frame
+        self.mm = [torch.as_tensor(np.linalg.inv(p.world_to_normalised)[:3, :3].T, dtype=dt, device=dev)
+                   for p in pairs]
+        self.alpha_cycle = float(settings.alpha_cycle)
+        omega = self.omega
+        self._values = vmap(lambda p, q: siren_streams(p, omega, q, 0), in_dims=(0, 0))
+
+    def coupling(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        (fl, fo), (bl, bo) = self.f2b, self.b2f
+        phi = x + u[:, 0]  # (2, B, 3): Φ(x0) in the forward frame, Ψ(x1) in the backward frame
+        q = torch.stack([phi[0] @ fl + fo, phi[1] @ bl + bo])  # each in the other network's frame
+        swapped = [p.flip(0) for p in self.params]  # network 0 evaluates Ψ, network 1 evaluates Φ
+        r = q + self._values(swapped, q)[:, 0]
+        e0 = ((r[0] @ bl + bo) - x[0]) @ self.mm[0]  # Ψ(Φ(x)) − x, fixed world mm
+        e1 = ((r[1] @ fl + fo) - x[1]) @ self.mm[1]  # Φ(Ψ(y)) − y, moving world mm
+        return self.alpha_cycle * torch.stack([(e0 * e0).sum(-1).mean(), (e1 * e1).sum(-1).mean()])
+
+
+__all__ = ["PairStep", "BatchedStep", "SymmetricStep", "HISTORY_TERMS", "make_adam", "matmul_precision"]
