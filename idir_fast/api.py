@@ -207,10 +207,12 @@ def _affine_record(run: PreparedRun) -> dict:
 
 def _pair_args(i: int, item) -> dict:
     if isinstance(item, dict):
-        unknown = set(item) - {"fixed", "moving", "mask", "fixed_landmarks", "moving_landmarks"}
+        unknown = set(item) - {"fixed", "moving", "mask", "fixed_landmarks", "moving_landmarks", "moving_mask",
+                               "initial_transform"}
         if unknown or not {"fixed", "moving"} <= set(item):
             raise InputError(f"'pairs[{i}]' must have keys 'fixed', 'moving' and optionally 'mask', "
-                             f"'fixed_landmarks', 'moving_landmarks'; got {sorted(item)}")
+                             f"'fixed_landmarks', 'moving_landmarks', 'moving_mask', 'initial_transform'; "
+                             f"got {sorted(item)}")
         return dict(item)
     if isinstance(item, (tuple, list)) and 2 <= len(item) <= 3:
         return dict(zip(("fixed", "moving", "mask"), item))
@@ -271,10 +273,10 @@ def register_many(pairs: Sequence, *, pairs_per_batch: Optional[int] = None, pro
         raise InputError(f"'pairs_per_batch' must be a positive integer, got {pairs_per_batch!r}")
     device = settings.torch_device
     inputs = [read_pair(**_pair_args(i, item), names=f"pairs[{i}].{{}}") for i, item in enumerate(pairs)]
-    prepared = [prepare_pair(p.fixed, p.moving, p.mask, normalisation=settings.normalisation, device=device,
-                             dtype=settings.dtype) for p in inputs]
-    batched = settings.backend in ("auto", "torch") and settings.loop == "fast"
-    if not batched:
+    runs = [prepare_run(p, settings) for p in inputs]
+    prepared = [r.pairs[0] for r in runs]
+    batched = settings.backend in ("auto", "torch") and settings.loop == "fast" and not settings.symmetric
+    if not batched:  # other backends, and symmetric pairs (already two networks each), go one at a time
         pairs_per_batch = 1
     elif pairs_per_batch is None:
         pairs_per_batch = auto_pairs_per_batch(min(settings.batch_size, max(p.num_points for p in prepared)),
@@ -290,13 +292,21 @@ def register_many(pairs: Sequence, *, pairs_per_batch: Optional[int] = None, pro
         for start in range(0, len(members), pairs_per_batch):
             chunk = members[start:start + pairs_per_batch]
             t0 = time.perf_counter()
-            trained = optimise([prepared[i] for i in chunk], run_settings, progress=progress)
+            if settings.symmetric:
+                trained = optimise(runs[chunk[0]].pairs, run_settings, progress=progress,
+                                   fwd_to_bwd=runs[chunk[0]].fwd_to_bwd)
+            else:
+                trained = optimise([prepared[i] for i in chunk], run_settings, progress=progress)
             for k, i in enumerate(chunk):
                 timings = {"optimise_s": trained.loop.seconds,
                            "ms_per_epoch": 1000.0 * trained.loop.seconds / max(trained.loop.epochs_run, 1),
                            "shared_by_pairs": len(chunk)}
+                if runs[i].affine_info:
+                    timings["affine_s"] = runs[i].affine_info["seconds"]
+                backward = (trained.sirens[1], runs[i].pairs[1]) if settings.symmetric else None
                 results[i] = _result(k, trained, prepared[i], inputs[i], settings, timings,
-                                     extra={"pairs_in_batch": len(chunk)})
+                                     extra={"pairs_in_batch": len(chunk), **_affine_record(runs[i])},
+                                     backward=backward)
                 results[i].settings["backend_requested"] = settings.backend
                 results[i].timings["total_s"] = time.perf_counter() - t0
     return results

@@ -26,6 +26,7 @@ from .errors import InputError
 from .io.figures import figures_for_prefix
 from .io.files import IMAGE_FORMATS, atomic_path, check_writable_prefix, write_json
 from .io.images import as_image, write_image
+from .io.transforms import matrix_to_transform, write_transform
 from .io.model_file import model_state, read_model_state, write_model_state
 from .ops.siren_streams import siren_streams
 
@@ -63,7 +64,7 @@ class Registration:
         self.world_to_normalised = np.asarray(world_to_normalised, dtype=np.float64)
         self.world_affine = np.eye(4) if world_affine is None else np.asarray(world_affine, dtype=np.float64)
         self.moving_geometry = moving_geometry
-        if moving_geometry is None and moving is not None:
+        if moving_geometry is None and isinstance(moving, sitk.Image):
             self.moving_geometry = ImageGeometry.from_sitk(moving)
         self.backward: Optional[Siren] = None  # Ψ: moving → fixed, in symmetric registration
         self.backward_world_to_normalised: Optional[np.ndarray] = None
@@ -295,6 +296,17 @@ class Registration:
         return {"mean_mm": float(e.mean()), "p95_mm": p95, "max_mm": float(e.max()), "flag_mm": float(flag_mm),
                 "flagged": bool(p95 > flag_mm)}
 
+    def itk_transform(self) -> sitk.Transform:
+        """Φ as an ITK transform: the composite ``A ∘ (x + u(x))`` (the affine part exact, the network's own
+        displacement as a field on the fixed grid), or that field alone without an affine part."""
+        n2w = np.linalg.inv(self.world_to_normalised)
+        lin = torch.as_tensor(n2w[:3, :3], device=self.device)
+        own = self._grid_image(((s, u[0] @ lin.T) for s, _, u in self.grid_chunks(0)), components=3)
+        field = sitk.DisplacementFieldTransform(sitk.Cast(own, sitk.sitkVectorFloat64))
+        if np.allclose(self.world_affine, np.eye(4)):
+            return field
+        return sitk.CompositeTransform([matrix_to_transform(self.world_affine), field])  # applied right to left
+
     # ------------------------------------------------------------------------------------------- persistence
     def report(self) -> dict:
         final = {k: float(v[-1]) for k, v in self.history.items() if len(v)}
@@ -303,17 +315,29 @@ class Registration:
                 "world_to_normalised": self.world_to_normalised.tolist()}
 
     def save_model(self, path: Union[str, os.PathLike]) -> Path:
-        return write_model_state(model_state(self.siren, self.world_to_normalised, self.fixed_geometry,
-                                             self.settings, self.history, self.timings, self.metrics), path)
+        state = model_state(self.siren, self.world_to_normalised, self.fixed_geometry, self.settings, self.history,
+                            self.timings, self.metrics)
+        state["world_affine"] = self.world_affine.tolist()
+        if self.moving_geometry is not None:
+            state["moving_geometry"] = self.moving_geometry.to_dict()
+        if self.backward is not None:
+            state["backward"] = {"siren": self.backward.config(),
+                                 "parameters": [p.detach().cpu().clone() for p in self.backward.parameter_list()],
+                                 "world_to_normalised": self.backward_world_to_normalised.tolist()}
+        return write_model_state(state, path)
 
     def save(self, prefix: Union[str, os.PathLike], *, field_format: str = ".nii.gz",
              write_warped: bool = True, write_jacobian: bool = True, itk_transform: bool = False,
-             figures: bool = False) -> dict:
+             figures: bool = False, write_inverse: bool = False) -> dict:
         """Write the outputs with ANTs-style names; each file is written to a temporary name and renamed.
 
-        Writes ``{prefix}0Warp{ext}`` (field), ``{prefix}Warped{ext}`` (when the moving image is known),
-        ``{prefix}JacDet{ext}``, ``{prefix}model.pt`` and ``{prefix}report.json``; with ``itk_transform`` also
-        ``{prefix}Transform.h5`` (an ITK DisplacementFieldTransform); with ``figures`` the PNG figures of
+        Writes ``{prefix}0Warp{ext}`` (the whole map fixed → moving as one displacement field, affine part
+        included), ``{prefix}Warped{ext}`` (when the moving image is known), ``{prefix}JacDet{ext}``,
+        ``{prefix}model.pt`` and ``{prefix}report.json``; with an affine stage or a starting transform also
+        ``{prefix}Affine.mat`` (that linear part alone, an ITK transform file); with ``itk_transform``
+        ``{prefix}Transform.h5`` (the ITK composite: affine ∘ displacement field of the network); with
+        ``write_inverse`` (always in symmetric mode) ``{prefix}0InverseWarp{ext}`` on the moving grid; in symmetric
+        mode ``{prefix}Consistency{ext}`` (the cycle error, mm); with ``figures`` the PNG figures of
         :mod:`idir_fast.io.figures`.
 
         Args:
@@ -329,11 +353,18 @@ class Registration:
         out = {}
         field = self.displacement_field()
         out["field"] = write_image(field, prefix + "0Warp" + field_format)
+        has_affine = not np.allclose(self.world_affine, np.eye(4))
+        if has_affine:
+            out["affine"] = write_transform(self.world_affine, prefix + "Affine.mat")
         if itk_transform:
-            tx = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
             with atomic_path(prefix + "Transform.h5") as tmp:
-                sitk.WriteTransform(tx, tmp)
+                sitk.WriteTransform(self.itk_transform(), tmp)
             out["transform"] = Path(prefix + "Transform.h5")
+        if write_inverse or self.backward is not None:
+            out["inverse_field"] = write_image(self.inverse_displacement_field(), prefix + "0InverseWarp" + field_format)
+            self.metrics["inverse_consistency"] = self.inverse_consistency()
+        if self.backward is not None:
+            out["consistency"] = write_image(self.consistency_image(), prefix + "Consistency" + field_format)
         if write_warped and self.moving is not None:
             out["warped"] = write_image(self.warped(), prefix + "Warped" + field_format)
         if write_jacobian:
@@ -371,7 +402,18 @@ def load(path: Union[str, os.PathLike], moving=None, device=None) -> Registratio
         for dst, src in zip(siren.parameter_list(), params):
             dst.copy_(src)
     history = {k: v.numpy() for k, v in state.get("history", {}).items()}
-    return Registration(siren, np.asarray(state["world_to_normalised"]),
-                        ImageGeometry.from_dict(state["fixed_geometry"]), state.get("settings", {}), history,
-                        state.get("timings", {}), moving=moving, metrics=state.get("metrics", {}),
-                        device=device or "cpu")
+    moving_geometry = ImageGeometry.from_dict(state["moving_geometry"]) if "moving_geometry" in state else None
+    reg = Registration(siren, np.asarray(state["world_to_normalised"]),
+                       ImageGeometry.from_dict(state["fixed_geometry"]), state.get("settings", {}), history,
+                       state.get("timings", {}), moving=moving, metrics=state.get("metrics", {}),
+                       device=device or "cpu", world_affine=state.get("world_affine"),
+                       moving_geometry=moving_geometry)
+    if "backward" in state:
+        b = state["backward"]
+        back = Siren(hidden=b["siren"]["hidden"], omega=b["siren"]["omega"], init=b["siren"]["init"],
+                     dtype=b["parameters"][0].dtype)
+        with torch.no_grad():
+            for dst, src in zip(back.parameter_list(), b["parameters"]):
+                dst.copy_(src)
+        reg.set_backward(back, np.asarray(b["world_to_normalised"]))
+    return reg

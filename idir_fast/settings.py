@@ -69,7 +69,7 @@ class RunSettings:
         None, "'idir-2022' reproduces the released IDIR code's quirks (N−1 NCC, bending weights, init, lr, "
         "per-axis normalisation); default: the paper's equations",
         choices=[c or "none" for c in objectives.COMPAT_MODES])
-    init: Optional[str] = _setting(None, "SIREN initialisation (default: siren; idir-2022 with --compat idir-2022)",
+    init: Optional[str] = _setting(None, "SIREN initialisation (default: identity, i.e. Φ starts as the identity; idir-2022 with --compat idir-2022)",
                                    choices=list(INITS))
     normalisation: Optional[str] = _setting(
         None, "network coordinate frame (default: isotropic; per-axis with --compat idir-2022)",
@@ -135,6 +135,9 @@ class RunSettings:
         if not isinstance(self.symmetric, (bool, np.bool_)):
             raise InputError(f"'symmetric' must be True or False, got {self.symmetric!r}")
         set_(self, "symmetric", bool(self.symmetric))
+        if self.symmetric and self.backend not in ("auto", "torch"):
+            raise InputError("'symmetric' trains the forward and backward networks in one batched step of the "
+                             f"'torch' backend; backend={self.backend!r} cannot")
         set_(self, "alpha_cycle", _number(self.alpha_cycle, "alpha_cycle", "a finite number ≥ 0", lambda v: v >= 0))
         set_(self, "consistency_flag_mm", _number(self.consistency_flag_mm, "consistency_flag_mm",
                                                   "a finite positive number", lambda v: v > 0))
@@ -155,7 +158,7 @@ class RunSettings:
             self,
             alpha=self.regularizer_spec.default_alpha(self.compat) if self.alpha is None else self.alpha,
             lr=COMPAT_LR.get(self.compat, DEFAULT_LR) if self.lr is None else self.lr,
-            init=self.init or ("idir-2022" if self.compat == "idir-2022" else "siren"),
+            init=self.init or ("idir-2022" if self.compat == "idir-2022" else "identity"),
             normalisation=self.normalisation or ("per-axis" if self.compat == "idir-2022" else "isotropic"),
             precision=backends.check_precision(self.precision),
             device=str(resolve_device(self.device)),

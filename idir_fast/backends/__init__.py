@@ -39,8 +39,8 @@ class Backend:
         name: registry key.
         summary: one line for ``--help`` and the doctor.
         derivatives: ``(params, omega, x (N, 3), order, precision) → Derivatives``, differentiable w.r.t. params.
-        similarity: ``(moving (nz, ny, nx), index (N, 3), fixed_values (N,), compat) → NCC``, differentiable
-            w.r.t. ``index``.
+        similarity: ``(moving (nz, ny, nx), index (N, 3), fixed_values (N,), compat, weights=None) → NCC``,
+            differentiable w.r.t. ``index``; ``weights`` ``(N,)`` restricts it to a moving mask.
         backward_passes: ``order → passes`` over the network per step.
         unavailable: ``device → reason`` it cannot run there, ``None`` when it can.
         batchable: whether ``derivatives`` can run under ``torch.func.vmap`` over a leading pair dimension.
@@ -69,10 +69,10 @@ def _triton_derivatives(params, omega, x, order, precision=None):
     return derivatives_from_streams(x, u, order)
 
 
-def _fast_similarity(moving, index, fixed_values, compat=None):
+def _fast_similarity(moving, index, fixed_values, compat=None, weights=None):
     from ..ops.sample_ncc import sample_ncc
 
-    return sample_ncc(moving, index, fixed_values, compat)
+    return sample_ncc(moving, index, fixed_values, compat, weights)
 
 
 def _one_pass(order: int) -> int:

@@ -11,7 +11,7 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
-INITS = ("siren", "idir-2022")
+INITS = ("identity", "siren", "idir-2022")
 
 
 class Siren(nn.Module):
@@ -20,8 +20,11 @@ class Siren(nn.Module):
     Args:
         hidden: widths of the sine layers (at least one).
         omega: frequency factor ω of every sine layer.
-        init: ``"siren"`` (Sitzmann et al.: first layer U(±1/fan_in), later layers U(±√(6/fan_in)/ω),
-            PyTorch's default bias init, output bias 0 so the initial displacement is centred on zero) or
+        init: ``"identity"`` (the ``"siren"`` init with a zero output layer: Φ starts as the identity, as a
+            registration starts from its initial transform; the sine layers are random, so gradients flow from
+            the first step), ``"siren"`` (Sitzmann et al.: first layer U(±1/fan_in), later layers
+            U(±√(6/fan_in)/ω), PyTorch's default bias init, output bias 0 so the initial displacement is centred on
+            zero) or
             ``"idir-2022"`` (the released IDIR code: the same weights, every bias PyTorch's default, so the
             initial displacement has an offset of up to ±1/√fan_in).
         dtype: parameter dtype.
@@ -51,8 +54,10 @@ class Siren(nn.Module):
             bound = 1.0 / fan_in if layer == 0 else math.sqrt(6.0 / fan_in) / self.omega
             w.uniform_(-bound, bound)
             b.uniform_(-1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
-        if self.init_scheme == "siren":
+        if self.init_scheme in ("siren", "identity"):
             self.biases[-1].zero_()
+        if self.init_scheme == "identity":
+            self.weights[-1].zero_()
 
     def parameter_list(self) -> List[torch.Tensor]:
         """``[W_0, b_0, W_1, b_1, …, W_out, b_out]`` — the order every backend uses."""
