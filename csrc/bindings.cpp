@@ -1,5 +1,7 @@
-// Python bindings of idir_fast._C: the fused sampling + NCC op, dispatched by device in sample_ncc.h.
+// Python bindings of idir_fast._C: the fused sampling + NCC op (dispatched by device in sample_ncc.h) and the
+// fused sine-layer stream algebra for the CPU (sine_streams.h).
 #include "sample_ncc.h"
+#include "sine_streams.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "idir_fast compiled ops: fused trilinear sampling + NCC sums (CPU and, when built with it, CUDA)";
@@ -11,6 +13,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "grad_index (N,3) = sample_ncc_backward(fixed_values, values, gradients, coef (4,) float64 = [a, b, f_mean, "
         "m_mean])",
         py::arg("fixed_values"), py::arg("values"), py::arg("gradients"), py::arg("coef"));
+  m.def("sine_streams_forward", &sine_streams_forward,
+        "a (S,N,M) = sine_streams_forward(z (S,N,M), w0 (M,3) or empty, sin_z (N,M), cos_z (N,M) = ω cos, omega, "
+        "order)",
+        py::arg("z"), py::arg("w0"), py::arg("sin_z"), py::arg("cos_z"), py::arg("omega"), py::arg("order"));
+  m.def("sine_streams_backward", &sine_streams_backward,
+        "grad_z (S,N,M) = sine_streams_backward(grad_a (S,N,M), z, w0 or empty, sin_z, cos_z, omega, order)",
+        py::arg("grad_a"), py::arg("z"), py::arg("w0"), py::arg("sin_z"), py::arg("cos_z"), py::arg("omega"),
+        py::arg("order"));
 #ifdef WITH_CUDA
   m.attr("with_cuda") = true;
 #else

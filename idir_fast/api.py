@@ -47,6 +47,10 @@ def read_pair(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = N
     names in errors."""
     label = (names or "{}").format
     geometry = dict(spacing=spacing, origin=origin, direction=direction)
+    given = [k for k, v in geometry.items() if v is not None]
+    if given and not any(isinstance(obj, np.ndarray) for obj in (fixed, moving)):
+        raise InputError(f"'{given[0]}' applies to NumPy images only; 'fixed' and 'moving' are files or SimpleITK "
+                         "images, which carry their own geometry (it would be ignored)")
     fixed_img = as_image(fixed, label("fixed"), **geometry)
     moving_img = as_image(moving, label("moving"), **geometry)
     mask_img = as_mask(mask, label("mask"), fixed_img)
@@ -71,6 +75,8 @@ def _landmarks(fixed_landmarks, moving_landmarks, label=str.format):
             else np.asarray(pts, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != 3:
             raise InputError(f"'{name}' must have shape (N, 3), got {arr.shape}")
+        if arr.shape[0] == 0:
+            raise InputError(f"'{name}' holds no points")
         if not np.all(np.isfinite(arr)):
             raise InputError(f"'{name}' contains NaN/Inf")
         out.append(arr)
@@ -128,7 +134,7 @@ def _result(i: int, trained: Trained, pair: PreparedPair, inputs: PairInputs, se
     ``backward`` = ``(siren, backward pair)`` of a symmetric registration."""
     record = settings.to_dict()
     record.update(trained.choice.record())
-    record.update(batch_size=trained.batch_size, mask_voxels=pair.num_points,
+    record.update(batch_size=trained.batch_size, mask_voxels=pair.num_points, stages=trained.stages,
                   backward_passes_per_epoch=trained.choice.backend.backward_passes(settings.order),
                   cuda_graph=trained.loop.graph, versions=environment(settings.torch_device), **inputs.paths,
                   **(extra or {}))
@@ -184,6 +190,7 @@ def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = No
     inputs = read_pair(fixed, moving, mask, spacing=spacing, origin=origin, direction=direction,
                        fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, moving_mask=moving_mask,
                        initial_transform=initial_transform)
+    check_memory(inputs, settings)
     run = prepare_run(inputs, settings)
     t_prepared = time.perf_counter()
     trained = optimise(run.pairs, settings, progress=progress, fwd_to_bwd=run.fwd_to_bwd)
@@ -218,6 +225,66 @@ def _pair_args(i: int, item) -> dict:
         return dict(zip(("fixed", "moving", "mask"), item))
     raise InputError(f"'pairs[{i}]' must be a (fixed, moving[, mask]) tuple or a dict with 'fixed', 'moving' and "
                      f"optionally 'mask', 'fixed_landmarks', 'moving_landmarks'; got {type(item).__name__}")
+
+
+def memory_estimate(inputs: PairInputs, settings: RunSettings) -> Dict[str, int]:
+    """Estimated peak bytes of one registration (resolved ``settings``): ``points`` (the mask's points and values
+    prepared for the loop, about 100 bytes per mask voxel at their peak, and the moving volume), ``training``
+    (stream activations kept for the backward, about 6 tensors of S·batch·width per layer, the weights and Adam
+    state; twice for symmetric registration), ``outputs`` (host and device parts of writing the fields:
+    :func:`idir_fast.registration.output_memory`)."""
+    from .core.derivatives import num_streams
+    from .core.geometry import ImageGeometry
+    from .registration import output_memory
+
+    fg, mg = ImageGeometry.from_sitk(inputs.fixed), ImageGeometry.from_sitk(inputs.moving)
+    nf, nm = int(np.prod(fg.size)), int(np.prod(mg.size))
+    points = nf if inputs.mask is None else int(np.count_nonzero(sitk.GetArrayViewFromImage(inputs.mask)))
+    dtype_bytes = torch.tensor([], dtype=settings.dtype).element_size()
+    widths = [3] + list(settings.hidden) + [3]
+    params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    nets = 2 if settings.symmetric else 1
+    batch = min(int(settings.batch_size), points)
+    training = nets * dtype_bytes * (6 * num_streams(settings.order) * batch * sum(settings.hidden) + 4 * params)
+    out = output_memory(fg, mg, settings.hidden, dtype_bytes, settings.torch_device, inverse=settings.symmetric)
+    return {"points": points * 100 + nm * 2 * dtype_bytes, "training": training, "outputs_host": out["host"],
+            "outputs_device": out["device"]}
+
+
+def check_memory(inputs: PairInputs, settings: RunSettings) -> None:
+    """Refuse a run whose estimated peak memory (:func:`memory_estimate`) exceeds what the machine has free, before
+    any work, with an :class:`InputError` naming the argument to change (``IDIR_FAST_NO_MEMORY_CHECK=1`` skips
+    this)."""
+    from .io import files as io_files
+    from .io.files import human_bytes
+    from .io.images import memory_checks_enabled
+
+    if not memory_checks_enabled():
+        return
+    e = memory_estimate(inputs, settings)
+    device = settings.torch_device
+    host_avail = io_files.available_memory()
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        device_need = max(e["training"], e["outputs_device"]) + e["points"] // 4  # points, volume on it
+        if device_need > free:
+            raise InputError(f"'batch_size'/'hidden': the optimisation needs about {human_bytes(device_need)} on "
+                             f"{device}, {human_bytes(free)} is free; lower batch_size (now {settings.batch_size}) "
+                             f"or the widths of hidden (now {list(settings.hidden)})")
+        host_need = e["points"] + e["outputs_host"]
+    else:
+        host_need = e["points"] + max(e["training"], e["outputs_host"] + e["outputs_device"])
+    if host_need <= host_avail:
+        return
+    size = "×".join(map(str, inputs.fixed.GetSize()))
+    network = max(e["training"], e["outputs_device"]) if device.type == "cpu" else 0  # grows with batch, widths
+    if network >= e["points"] + e["outputs_host"]:
+        raise InputError(f"'batch_size'/'hidden': the optimisation needs about {human_bytes(host_need)} of memory "
+                         f"(batch_size {settings.batch_size}, hidden {list(settings.hidden)}), "
+                         f"{human_bytes(host_avail)} is available; lower batch_size or the widths of hidden")
+    raise InputError(f"'fixed': registering on its {size} grid needs about {human_bytes(host_need)} of memory (mask "
+                     f"points and output fields), {human_bytes(host_avail)} is available; give a 'mask', crop or "
+                     "downsample the images, or use a machine with more memory")
 
 
 def auto_pairs_per_batch(num_points: int, hidden: Sequence[int], order: int, volume_voxels: int,
@@ -264,7 +331,6 @@ def register_many(pairs: Sequence, *, pairs_per_batch: Optional[int] = None, pro
     Returns:
         one :class:`Registration` per pair, in order.
     """
-    t_start = time.perf_counter()
     settings = RunSettings.build(settings, "register_many", **options).resolved()
     if not pairs:
         raise InputError("'pairs' is empty")

@@ -14,4 +14,10 @@ class BackendError(RuntimeError):
     """An explicitly requested compute backend cannot run here, or failed."""
 
 
-__all__ = ["InputError", "DivergenceError", "BackendError"]
+class OutputError(OSError):
+    """An output could not be written completely (disk full, quota, I/O error, a file system that refuses it);
+    the message names the file and the reason. Nothing half-written is left under the final name and the
+    previous outputs of that name are kept."""
+
+
+__all__ = ["InputError", "DivergenceError", "BackendError", "OutputError"]

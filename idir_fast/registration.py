@@ -23,11 +23,13 @@ from .core.objectives import determinant
 from .core.sampling import trilinear
 from .core.siren import Siren
 from .errors import InputError
-from .io.figures import figures_for_prefix
-from .io.files import IMAGE_FORMATS, atomic_path, check_writable_prefix, write_json
-from .io.images import as_image, write_image
-from .io.transforms import matrix_to_transform, write_transform
-from .io.model_file import model_state, read_model_state, write_model_state
+from .io import files as io_files
+from .io.figures import run_figures
+from .io.files import IMAGE_FORMATS, check_writable_prefix, human_bytes
+from .io.images import as_image, memory_checks_enabled
+from .io.transforms import matrix_to_transform, write_itk_transform_to
+from .io.model_file import model_bytes, model_state, read_model_state, write_model_state
+from .io.outputs import OutputSet, new_run_id
 from .ops.siren_streams import siren_streams
 
 CHUNK_POINTS = {"cpu": 1 << 16, "cuda": 1 << 18}
@@ -314,7 +316,7 @@ class Registration:
                 "metrics": self.metrics, "fixed_geometry": self.fixed_geometry.to_dict(),
                 "world_to_normalised": self.world_to_normalised.tolist()}
 
-    def save_model(self, path: Union[str, os.PathLike]) -> Path:
+    def _model_state(self) -> dict:
         state = model_state(self.siren, self.world_to_normalised, self.fixed_geometry, self.settings, self.history,
                             self.timings, self.metrics)
         state["world_affine"] = self.world_affine.tolist()
@@ -324,12 +326,24 @@ class Registration:
             state["backward"] = {"siren": self.backward.config(),
                                  "parameters": [p.detach().cpu().clone() for p in self.backward.parameter_list()],
                                  "world_to_normalised": self.backward_world_to_normalised.tolist()}
-        return write_model_state(state, path)
+        return state
+
+    def save_model(self, path: Union[str, os.PathLike], run_id: Optional[str] = None) -> Path:
+        """Write ``model.pt`` alone (atomically, with its checksum and a run id)."""
+        return write_model_state(self._model_state(), path, run_id=run_id or new_run_id())
+
+    def output_memory(self, itk_transform: bool = False, write_inverse: bool = False) -> dict:
+        """Estimated peak memory of :meth:`save` (see :func:`output_memory`)."""
+        moving = self.moving_geometry or (ImageGeometry.from_sitk(self.moving) if isinstance(self.moving, sitk.Image)
+                                          else None)
+        return output_memory(self.fixed_geometry, moving, self.siren.hidden,
+                             next(self.siren.parameters()).element_size(), self.device,
+                             itk_transform=itk_transform, inverse=write_inverse or self.backward is not None)
 
     def save(self, prefix: Union[str, os.PathLike], *, field_format: str = ".nii.gz",
              write_warped: bool = True, write_jacobian: bool = True, itk_transform: bool = False,
-             figures: bool = False, write_inverse: bool = False) -> dict:
-        """Write the outputs with ANTs-style names; each file is written to a temporary name and renamed.
+             figures: bool = False, write_inverse: bool = False, report_extra: Optional[dict] = None) -> dict:
+        """Write the outputs with ANTs-style names, as one consistent set (:class:`idir_fast.io.outputs.OutputSet`).
 
         Writes ``{prefix}0Warp{ext}`` (the whole map fixed → moving as one displacement field, affine part
         included), ``{prefix}Warped{ext}`` (when the moving image is known), ``{prefix}JacDet{ext}``,
@@ -338,53 +352,97 @@ class Registration:
         ``{prefix}Transform.h5`` (the ITK composite: affine ∘ displacement field of the network); with
         ``write_inverse`` (always in symmetric mode) ``{prefix}0InverseWarp{ext}`` on the moving grid; in symmetric
         mode ``{prefix}Consistency{ext}`` (the cycle error, mm); with ``figures`` the PNG figures of
-        :mod:`idir_fast.io.figures`.
+        :mod:`idir_fast.io.figures`. A prefix ending in a separator, or naming an existing folder, writes inside
+        that folder (``out/0Warp.nii.gz``).
+
+        Every file is written under a temporary name and checked first; only when all are complete are they
+        renamed into place, the report last. Every file carries one run id (image metadata, ``model.pt``, the
+        report); the report lists every file with its size and SHA-256. Files of an earlier run of the same prefix
+        that this one does not write are removed (or, when not provably idir_fast's, kept and listed); temporary
+        files of a killed run are removed. A failure to write (a full disk) raises
+        :class:`~idir_fast.errors.OutputError` and leaves the previous outputs as they were.
 
         Args:
             field_format: one of :data:`idir_fast.io.files.IMAGE_FORMATS`.
+            report_extra: more top-level entries for the report (e.g. the cohort's settings hash).
 
         Returns:
             dict of output kind → path.
         """
         if field_format not in IMAGE_FORMATS:
             raise InputError(f"'field_format' must be one of {IMAGE_FORMATS}, got {field_format!r}")
-        check_writable_prefix(prefix, "prefix")
-        prefix = os.fspath(prefix)  # keep a trailing separator: "out/" writes out/0Warp.nii.gz, …
-        out = {}
-        field = self.displacement_field()
-        out["field"] = write_image(field, prefix + "0Warp" + field_format)
-        has_affine = not np.allclose(self.world_affine, np.eye(4))
-        if has_affine:
-            out["affine"] = write_transform(self.world_affine, prefix + "Affine.mat")
-        if itk_transform:
-            with atomic_path(prefix + "Transform.h5") as tmp:
-                sitk.WriteTransform(self.itk_transform(), tmp)
-            out["transform"] = Path(prefix + "Transform.h5")
-        if write_inverse or self.backward is not None:
-            out["inverse_field"] = write_image(self.inverse_displacement_field(), prefix + "0InverseWarp" + field_format)
-            self.metrics["inverse_consistency"] = self.inverse_consistency()
-        if self.backward is not None:
-            out["consistency"] = write_image(self.consistency_image(), prefix + "Consistency" + field_format)
-        if write_warped and self.moving is not None:
-            out["warped"] = write_image(self.warped(), prefix + "Warped" + field_format)
-        if write_jacobian:
-            jac = self.jacobian_determinant()
-            if "folding" not in self.metrics:
-                self.metrics["folding"] = folding(jac, self.mask)
-                self.metrics["sdlogj"] = sdlogj(jac, self.mask)
-            out["jacobian"] = write_image(jac, prefix + "JacDet" + field_format)
-        out["model"] = self.save_model(prefix + "model.pt")
-        report = self.report()
-        report["outputs"] = {k: str(v) for k, v in out.items()}
-        out["report"] = write_json(report, prefix + "report.json")
-        if figures:
-            out.update({f"figure_{k}": v for k, v in figures_for_prefix(prefix, self.mask, self.history).items()})
-        return out
+        prefix = check_writable_prefix(prefix, "prefix")  # "out/" or an existing folder writes out/0Warp.nii.gz, …
+        check_output_memory(self.output_memory(itk_transform, write_inverse), self.device)
+        with OutputSet(prefix) as outs:
+            outs.image("field", "0Warp" + field_format, self.displacement_field())
+            if not np.allclose(self.world_affine, np.eye(4)):
+                affine = matrix_to_transform(self.world_affine)
+                outs.written("affine", "Affine.mat",
+                             lambda tmp: write_itk_transform_to(tmp, affine, outs.final("Affine.mat")))
+            if itk_transform:
+                composite = self.itk_transform()
+                outs.written("transform", "Transform.h5",
+                             lambda tmp: write_itk_transform_to(tmp, composite, outs.final("Transform.h5")))
+                del composite
+            if write_inverse or self.backward is not None:
+                outs.image("inverse_field", "0InverseWarp" + field_format, self.inverse_displacement_field())
+                self.metrics["inverse_consistency"] = self.inverse_consistency()
+            if self.backward is not None:
+                outs.image("consistency", "Consistency" + field_format, self.consistency_image())
+            if write_warped and self.moving is not None:
+                outs.image("warped", "Warped" + field_format, self.warped())
+            jac = None
+            if write_jacobian:
+                jac = self.jacobian_determinant()
+                if "folding" not in self.metrics:
+                    self.metrics["folding"] = folding(jac, self.mask)
+                    self.metrics["sdlogj"] = sdlogj(jac, self.mask)
+                outs.image("jacobian", "JacDet" + field_format, jac)
+            outs.data("model", "model.pt", model_bytes(self._model_state(), outs.run_id))
+            if figures:
+                for kind, (name, data) in run_figures(self.metrics, jac, self.mask, self.history,
+                                                            outs.run_id).items():
+                    outs.data(f"figure_{kind}", name, data)
+            report = self.report()
+            report.update(report_extra or {})
+            return outs.commit(report)
 
     def __repr__(self):
         s = self.settings
         return (f"Registration(regularizer={s.get('regularizer')!r}, epochs={s.get('epochs')}, "
                 f"backend={s.get('backend')!r}, grid={self.fixed_geometry.size})")
+
+
+def output_memory(fixed_geometry: ImageGeometry, moving_geometry: Optional[ImageGeometry], hidden, dtype_bytes: int,
+                  device, *, itk_transform: bool = False, inverse: bool = False) -> dict:
+    """Estimated peak bytes of writing a run's outputs: ``host`` (a vector field assembled in NumPy, its
+    SimpleITK image and the writer's copy: 36 bytes per fixed voxel, 48 with the float64 field of the ITK
+    transform; the inverse field likewise per moving voxel) and ``device`` (one chunk of network streams, and the
+    moving volume in float64 for ``Warped``)."""
+    nf = int(np.prod(fixed_geometry.size))
+    nm = int(np.prod(moving_geometry.size)) if moving_geometry is not None else nf
+    host = nf * (48 if itk_transform else 36) + (nm * 36 if inverse else 0)
+    chunk = min(CHUNK_POINTS.get(torch.device(device).type, 1 << 16), max(nf, nm))
+    work = chunk * max(hidden) * 4 * int(dtype_bytes) * 5  # 4 streams (order 1: det J), ~5 live (measured)
+    return {"host": host, "device": work + nm * 8}
+
+
+def check_output_memory(estimate: dict, device, name: str = "fixed") -> None:
+    """:class:`InputError` naming ``name`` when :func:`output_memory`'s estimate exceeds the memory available."""
+    if not memory_checks_enabled():
+        return
+    dev = torch.device(device)
+    host_need = estimate["host"] + (estimate["device"] if dev.type == "cpu" else 0)
+    avail = io_files.available_memory()
+    if host_need > avail:
+        raise InputError(f"'{name}': writing the outputs on its grid needs about {human_bytes(host_need)} of memory, "
+                         f"{human_bytes(avail)} is available; crop or downsample the image, or use a machine with "
+                         "more memory")
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        if estimate["device"] > free:
+            raise InputError(f"'{name}': evaluating the outputs needs about {human_bytes(estimate['device'])} on "
+                             f"{dev}, {human_bytes(free)} is free")
 
 
 def load(path: Union[str, os.PathLike], moving=None, device=None) -> Registration:

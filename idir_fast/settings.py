@@ -21,7 +21,6 @@ from .core.geometry import NORMALISATIONS
 from .core.siren import INITS
 from .errors import InputError
 
-DEFAULT_LR = 1e-4
 COMPAT_LR = {"idir-2022": 1e-5}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOOPS = ("fast", "eager")
@@ -56,13 +55,21 @@ class RunSettings:
                                                                      objectives.REGULARIZERS.values()])
     alpha: Optional[float] = _setting(None, "regulariser weight α (default: per regulariser and compat, README)",
                                       parse=float)
-    epochs: int = _setting(2500, "optimisation steps", parse=int)
-    batch_size: int = _setting(10_000, "points drawn from the fixed mask per step", parse=int)
-    lr: Optional[float] = _setting(None, "Adam learning rate (default 1e-4; 1e-5 with --compat idir-2022)",
-                                   parse=float)
-    hidden: Tuple[int, ...] = _setting((256, 256, 256), "SIREN sine-layer widths, comma-separated",
-                                       parse=parse_hidden, metavar="W,W,W")
-    omega: float = _setting(32.0, "SIREN frequency ω of every sine layer", parse=float)
+    schedule: str = _setting(
+        "auto", "auto: coarse-to-fine stages and a network sized for the device (README, 'Time to accuracy'); "
+        "paper: the paper's single stage (3×256, 10,000 points × 2500 steps, lr 1e-4)", choices=["auto", "paper"])
+    epochs: Optional[int] = _setting(None, "optimisation steps in all (default: from the schedule)", parse=int)
+    batch_size: Optional[int] = _setting(
+        None, "points drawn from the fixed mask per step, in the last stage (default: from the schedule)", parse=int)
+    lr: Optional[float] = _setting(None, "peak Adam learning rate (default: from the schedule; 1e-5 with --compat "
+                                         "idir-2022)", parse=float)
+    hidden: Optional[Tuple[int, ...]] = _setting(None, "SIREN sine-layer widths, comma-separated (default: from "
+                                                       "the schedule)", parse=parse_hidden, metavar="W,W,W")
+    omega: Optional[float] = _setting(None, "SIREN frequency ω of every sine layer (default: from the schedule)",
+                                      parse=float)
+    tol: Optional[float] = _setting(
+        None, "stop a stage early when the loss improves by less than this per step, relative to its range so far "
+        "(0: never; default: from the schedule)", parse=float)
     seed: int = _setting(0, "seed of the network init and the point sampling (same seed → same result on CPU)",
                          parse=int)
     compat: Optional[str] = _setting(
@@ -111,14 +118,21 @@ class RunSettings:
         except ValueError as err:
             raise InputError(str(err)) from None
         for name in ("epochs", "batch_size"):
-            set_(self, name, _positive_int(getattr(self, name), name))
+            if getattr(self, name) is not None:
+                set_(self, name, _positive_int(getattr(self, name), name))
+        if self.schedule not in ("auto", "paper"):
+            raise InputError(f"'schedule' must be 'auto' or 'paper', got {self.schedule!r}")
+        if self.tol is not None:
+            set_(self, "tol", _number(self.tol, "tol", "a finite number ≥ 0", lambda v: v >= 0))
         set_(self, "seed", _seed(self.seed))
         if self.alpha is not None:
             set_(self, "alpha", _number(self.alpha, "alpha", "a finite number ≥ 0", lambda v: v >= 0))
         if self.lr is not None:
             set_(self, "lr", _number(self.lr, "lr", "a positive number", lambda v: v > 0))
-        set_(self, "omega", _number(self.omega, "omega", "a finite positive number", lambda v: v > 0))
-        set_(self, "hidden", _hidden(self.hidden))
+        if self.omega is not None:
+            set_(self, "omega", _number(self.omega, "omega", "a finite positive number", lambda v: v > 0))
+        if self.hidden is not None:
+            set_(self, "hidden", _hidden(self.hidden))
         if self.init is not None and self.init not in INITS:
             raise InputError(f"'init' must be one of {INITS}, got {self.init!r}")
         if self.normalisation is not None and self.normalisation not in NORMALISATIONS:
@@ -152,16 +166,39 @@ class RunSettings:
         """Derivative order of Φ the regulariser needs (0, 1, 2)."""
         return self.regularizer_spec.order
 
+    @property
+    def profile(self):
+        """The schedule's profile for this device (:mod:`idir_fast.schedule`)."""
+        from .schedule import profile_for
+
+        return profile_for(self.schedule_name, resolve_device(self.device).type)
+
+    @property
+    def schedule_name(self) -> str:
+        """``compat="idir-2022"`` reproduces the released code, so it runs the paper's schedule unless told."""
+        return "paper" if self.compat == "idir-2022" else self.schedule
+
+    def stages(self):
+        """The stages of the run (resolved settings): :func:`idir_fast.schedule.build_stages`."""
+        from .schedule import build_stages
+
+        return build_stages(self.profile, self.epochs, self.batch_size, self.lr)
+
     def resolved(self) -> "RunSettings":
         """A copy with every derived value filled in and the device checked against this machine."""
+        profile = self.profile
         return dataclasses.replace(
             self,
+            schedule=self.schedule_name,
+            epochs=self.epochs or profile.epochs, batch_size=self.batch_size or profile.points,
+            hidden=self.hidden or profile.hidden, omega=self.omega or profile.omega,
+            tol=profile.tol if self.tol is None else self.tol,
             alpha=self.regularizer_spec.default_alpha(self.compat) if self.alpha is None else self.alpha,
-            lr=COMPAT_LR.get(self.compat, DEFAULT_LR) if self.lr is None else self.lr,
-            init=self.init or ("idir-2022" if self.compat == "idir-2022" else "identity"),
+            lr=self.lr or COMPAT_LR.get(self.compat, profile.lr),
+            init=self.init or ("idir-2022" if self.compat == "idir-2022" else profile.init),
             normalisation=self.normalisation or ("per-axis" if self.compat == "idir-2022" else "isotropic"),
             precision=backends.check_precision(self.precision),
-            device=str(resolve_device(self.device)),
+            device=str(_device_for_backend(self.backend, self.device)),
         )
 
     @property
@@ -282,6 +319,18 @@ def resolve_device(device=None) -> torch.device:
     return dev
 
 
+def _device_for_backend(backend: str, device=None) -> torch.device:
+    """:func:`resolve_device`, then an explicitly named backend checked against that device (before any work,
+    not at the first step)."""
+    dev = resolve_device(device)
+    if backend != "auto":
+        why = backends.get(backend).unavailable(dev)
+        if why is not None:
+            raise InputError(f"'backend' is {backend!r}, which does not run on {dev}: {why}; use backend='auto' "
+                             "(or 'torch')")
+    return dev
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 def add_cli_options(parser, *, only=None, group_titles=("optimisation", "compute")) -> None:
     """Add one ``--flag`` per setting (its help, type and choices from the field's metadata). Flags default to
@@ -350,4 +399,4 @@ def with_setting_parameters(func):
 
 
 __all__ = ["RunSettings", "resolve_device", "add_cli_options", "options_from_cli", "with_setting_parameters",
-           "parse_hidden", "DEFAULT_LR", "COMPAT_LR"]
+           "parse_hidden", "COMPAT_LR"]

@@ -44,12 +44,22 @@ def cohort_dir(tiny_pair, tmp_path):
     ("pair_id,fixed,moving\n../x,f,m\n", "must be letters"),
     ("pair_id,fixed,moving\n", "lists no pairs"),
     ("pair_id,fixed,moving,fixed_landmarks\na,f,m,l.txt\n", "needs both landmark files"),
-])
+    # issue #13, item 7: these raised tracebacks (or broke the output folder for good)
+    ("pair_id,fixed,moving\na,f,m,extra,more\n", "line 2: 5 fields, the header has 3"),
+    ("pair_id,fixed,moving\ncaf\xe9,f\xe9,m\n".encode("latin-1"), "is not UTF-8 text"),
+    ("pair_id,fixed,moving\n" + "p" * 300 + ",f,m\n", "is 300 characters; at most 100"),
+    ("pair_id,fixed,moving\nsummary.csv,f,m\n", "'summary.csv' is the name of a file the cohort writes"),
+    ("pair_id,fixed,moving\nSummary.JSON,f,m\n", "is the name of a file the cohort writes"),
+    ("pair_id,fixed,moving\nCase1,f,m\ncase1,f,m\n", "duplicate pair_id 'case1'"),
+], ids=["missing-column", "duplicate", "unsafe-id", "no-pairs", "one-landmark-file", "extra-fields", "latin-1",
+        "long-id", "id-summary.csv", "id-summary.json", "ids-differing-in-case"])
 def test_manifest_errors_before_any_work(tmp_path, content, pattern):
     p = tmp_path / "m.csv"
-    p.write_text(content)
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(InputError, match=pattern):
         read_manifest(p)
+    rc = main(["cohort", str(p), "--out", str(tmp_path / "out"), *FAST])
+    assert rc == 2 and not (tmp_path / "out").exists()
 
 
 def test_output_folder_that_is_a_file(cohort_dir, tmp_path):
@@ -62,8 +72,9 @@ def test_output_folder_that_is_a_file(cohort_dir, tmp_path):
 def test_failures_are_isolated_and_resume_skips_completed(cohort_dir, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["cohort", str(cohort_dir / "manifest.csv"), "--out", str(out), *FAST])
-    assert rc == 2  # two pairs failed
+    assert rc == 1  # some pairs failed (exit status 1; the count is in the summary)
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed"] == 2 and summary["exit_status"] == 1
     status = {r["pair_id"]: r for r in summary["pairs"]}
     assert [status[f"p{i}"]["status"] for i in range(3)] == ["ok"] * 3
     assert "file not found" in status["bad_missing"]["error"] and "'mask' is empty" in status["bad_mask"]["error"]
@@ -117,3 +128,107 @@ def test_ray_executor_matches_local(cohort_dir, tmp_path):
         if a["status"] == "ok":
             assert b["tre_after_mean"] == pytest.approx(a["tre_after_mean"], rel=1e-4)
             assert b["folded_voxels"] == a["folded_voxels"]
+
+
+# ------------------------------------------------------------------------------- issue #13: lock, settings, umask
+def _one_pair_manifest(cohort_dir, name="one.csv"):
+    lines = (cohort_dir / "manifest.csv").read_text().splitlines()[:2]
+    (cohort_dir / name).write_text("\n".join(lines) + "\n")
+    return cohort_dir / name
+
+
+def test_a_second_run_on_the_same_folder_stops_and_leaves_the_first_runs_work_alone(cohort_dir, tmp_path, capsys):
+    """Item 2: the second run used to delete the first's temporary pair folder and redo its pairs."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(  # another run holding the folder (as `idir-fast cohort` does for its whole run)
+        [sys.executable, "-c", "import sys, time; from idir_fast.apps.cohort import CohortLock; "
+         f"CohortLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        in_progress = out / ".p0.tmp-999-abcdefgh"  # the live run's pair being written
+        in_progress.mkdir()
+        manifest = _one_pair_manifest(cohort_dir)
+        with pytest.raises(InputError, match=f"another idir-fast cohort run is using .*pid {holder.pid} .*--wait"):
+            register_cohort(manifest, out, progress=False, **FAST_KW)
+        assert main(["cohort", str(manifest), "--out", str(out), *FAST]) == 2
+        assert "another idir-fast cohort run" in capsys.readouterr().err
+        assert in_progress.is_dir() and not (out / "p0").exists() and not (out / "summary.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = register_cohort(manifest, out, progress=False, **FAST_KW)  # the holder is gone: its leftovers go
+    assert summary["completed"] == 1 and not in_progress.exists()
+
+
+def test_wait_queues_behind_the_run_that_holds_the_folder(cohort_dir, tmp_path):
+    import threading
+
+    from idir_fast.apps.cohort import CohortLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = CohortLock(out).acquire()
+    threading.Timer(1.5, lock.release).start()
+    t0 = time.perf_counter()
+    summary = register_cohort(_one_pair_manifest(cohort_dir), out, progress=False, wait=True, **FAST_KW)
+    assert time.perf_counter() - t0 >= 1.4 and summary["completed"] == 1
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(backend="triton"), "'backend' is 'triton', which does not run on cpu"),
+    (dict(epochs=0), "'epochs' must be a positive integer"),
+])
+def test_a_settings_error_fails_once_up_front(cohort_dir, tmp_path, monkeypatch, kwargs, pattern):
+    """Item 8: it used to fail every pair one by one (BackendError per pair)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=pattern):
+        register_cohort(cohort_dir / "manifest.csv", out, progress=False, **{**FAST_KW, **kwargs})
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_a_rerun_with_other_settings_refuses_unless_forced(cohort_dir, tmp_path, capsys):
+    """Item 8: a rerun with other settings used to keep the old pairs silently."""
+    out = tmp_path / "out"
+    manifest = _one_pair_manifest(cohort_dir)
+    first = register_cohort(manifest, out, progress=False, **FAST_KW)
+    report = json.loads((out / "p0" / "report.json").read_text())
+    assert report["cohort"]["settings_hash"] == first["settings_hash"] == first["pairs"][0]["settings_hash"]
+    mtime = (out / "p0" / "model.pt").stat().st_mtime_ns
+    assert register_cohort(manifest, out, progress=False, **FAST_KW)["completed"] == 1  # same settings: resumed
+    assert (out / "p0" / "model.pt").stat().st_mtime_ns == mtime
+    changed = dict(FAST_KW, epochs=16)
+    with pytest.raises(InputError, match=r"1 completed pair\(s\) .* \(p0\) were made with other settings "
+                                         r"\(epochs: 15 → 16\).*--force"):
+        register_cohort(manifest, out, progress=False, **changed)
+    assert main(["cohort", str(manifest), "--out", str(out), *FAST[:1], "16", *FAST[2:]]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "p0" / "model.pt").stat().st_mtime_ns == mtime
+    redone = register_cohort(manifest, out, progress=False, force=True, **changed)
+    assert redone["completed"] == 1 and redone["settings_hash"] != first["settings_hash"]
+    report = json.loads((out / "p0" / "report.json").read_text())
+    assert report["settings"]["epochs"] == 16 and report["cohort"]["settings_hash"] == redone["settings_hash"]
+    assert sorted(p.name for p in out.iterdir()) == [".idir_fast-cohort.lock", "p0", "summary.csv", "summary.json"]
+
+
+def test_an_incomplete_pair_folder_is_redone(cohort_dir, tmp_path):
+    out = tmp_path / "out"
+    manifest = _one_pair_manifest(cohort_dir)
+    register_cohort(manifest, out, progress=False, **FAST_KW)
+    (out / "p0" / "Warped.nii.gz").unlink()
+    summary = register_cohort(manifest, out, progress=False, **FAST_KW)
+    assert summary["completed"] == 1 and (out / "p0" / "Warped.nii.gz").is_file()
+
+
+def test_cohort_folders_and_files_honour_the_umask(cohort_dir, tmp_path):
+    """Item 10: pair folders were 0700 and files 0600 whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        register_cohort(_one_pair_manifest(cohort_dir), tmp_path / "out", progress=False, **FAST_KW)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "p0").stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "out" / "p0").iterdir()} == {0o644}
+    assert (tmp_path / "out" / "summary.csv").stat().st_mode & 0o777 == 0o644

@@ -6,7 +6,7 @@ import torch
 import idir_fast
 from idir_fast.core.metrics import folding
 
-FAST = dict(epochs=100, batch_size=1500, hidden=(64, 64, 64), progress=False)
+FAST = dict(schedule="paper", epochs=100, batch_size=1500, hidden=(64, 64, 64), progress=False)
 
 
 def _register(pair, **kw):
@@ -23,6 +23,14 @@ def test_short_registration_lowers_tre_by_60_percent_without_folding(small_pair,
     assert after < 0.4 * before, f"TRE {before:.2f} → {after:.2f} mm"
     assert folding(reg.jacobian_determinant(), small_pair.mask)["count"] == 0
     assert reg.history["loss"][-1] < reg.history["loss"][0]
+
+
+def test_default_schedule_lowers_tre_by_60_percent_without_folding(small_pair):
+    reg = idir_fast.register(small_pair.fixed, small_pair.moving, small_pair.mask, progress=False,
+                             fixed_landmarks=small_pair.fixed_landmarks, moving_landmarks=small_pair.moving_landmarks)
+    assert reg.settings["schedule"] == "auto" and len(reg.settings["stages"]) == 2
+    assert reg.metrics["tre"]["mean"] < 0.4 * reg.metrics["tre_initial"]["mean"]
+    assert folding(reg.jacobian_determinant(), small_pair.mask)["count"] == 0
 
 
 def test_same_seed_same_result_on_cpu(tiny_pair):

@@ -97,3 +97,60 @@ def test_hand_written_backward_equals_autograd(order, hidden, n):
     assert rel_err(b, a) < 1e-12
     for i, (u, v) in enumerate(zip(gb, ga)):
         assert rel_err(u, v) < 1e-10, f"parameter {i}: {rel_err(u, v):.3g}"
+
+
+# ------------------------------------------------------------------------ the compiled CPU stream kernels
+from idir_fast.ops import siren_streams as _ops  # noqa: E402
+
+needs_fused = pytest.mark.skipif(not _ops.fused_available(torch.zeros(1, 3)),
+                                 reason="compiled extension without the stream kernels")
+
+
+@needs_fused
+@pytest.mark.parametrize("order", [0, 1, 2])
+@pytest.mark.parametrize("hidden,n", [((16,), 1), ((17, 40, 23), 17), ((64, 64, 64), 1000)])
+def test_fused_cpu_streams_equal_the_reference_float64(order, hidden, n):
+    """The compiled element-wise kernels (forward and their adjoint): Φ/J/H and every parameter gradient against
+    nested autograd, each stream against its own scale."""
+    siren = random_siren(hidden, 16.0, 1.0, torch.float64, seed=order + n)
+    x = random_points(n, torch.float64, seed=4)
+    p = siren.parameter_list()
+    u = _ops.siren_streams_fused(p, siren.omega, x, order)
+    from idir_fast.core.derivatives import derivatives_from_streams
+
+    fast = derivatives_from_streams(x, u, order)
+    ref = derivatives("reference", siren, x, order)
+    for name, a, b in zip(("phi", "J", "H6"), fast, ref):
+        if b is not None:
+            assert rel_err(a, b) < 1e-10, f"{name}: {rel_err(a, b):.3g}"
+    w = [torch.randn(t.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) for t in ref
+         if t is not None]
+    ga = torch.autograd.grad(sum((t * wi).sum() for t, wi in zip([t for t in fast if t is not None], w)), p)
+    gb = torch.autograd.grad(sum((t * wi).sum() for t, wi in zip([t for t in ref if t is not None], w)), p)
+    for i, (a, b) in enumerate(zip(ga, gb)):
+        assert rel_err(a, b) < 1e-9, f"parameter {i}: {rel_err(a, b):.3g}"
+
+
+@needs_fused
+def test_torch_backend_uses_the_fused_cpu_kernels(monkeypatch):
+    calls = []
+    real = _ops._CpuStreamsFunction.apply
+    monkeypatch.setattr(_ops._CpuStreamsFunction, "apply", lambda *a: calls.append(1) or real(*a))
+    siren = random_siren((16, 16), 8.0, 1.0, torch.float32, seed=1)
+    derivatives("torch", siren, random_points(10, torch.float32), 2)
+    assert calls == [1]
+
+
+@needs_fused
+def test_fused_cpu_kernels_reject_bad_arguments():
+    from idir_fast.ops.sample_ncc import extension
+
+    ext = extension()
+    z = torch.zeros(4, 5, 6)
+    sc = torch.zeros(5, 6)
+    with pytest.raises(RuntimeError, match="'order' must be 0, 1 or 2"):
+        ext.sine_streams_forward(z, torch.empty(0), sc, sc, 1.0, 3)
+    with pytest.raises(RuntimeError, match="must hold 10 streams"):
+        ext.sine_streams_forward(z, torch.empty(0), sc, sc, 1.0, 2)
+    with pytest.raises(RuntimeError, match="must have the dtype of 'z'"):
+        ext.sine_streams_forward(z, torch.empty(0), sc.double(), sc, 1.0, 1)

@@ -9,12 +9,21 @@ from typing import List, Optional
 
 from .. import backends
 from ..core.objectives import REGULARIZERS
-from ..errors import DivergenceError, InputError
+from ..errors import BackendError, DivergenceError, InputError, OutputError
 from ..io.files import IMAGE_FORMATS, check_writable_prefix, ensure_folder
 from ..settings import add_cli_options, options_from_cli, parse_hidden
 
+EXIT_OK = 0
+EXIT_PAIRS_FAILED = 1
 EXIT_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_OUTPUT = 4
+EXIT_STATUS_HELP = (
+    "exit status: 0 done; 1 some cohort pairs failed (the count is printed and in summary.json); 2 usage or input "
+    "error (a bad option or value, a missing, unreadable or corrupt input, an unusable output place, not enough "
+    "memory, another cohort run holding the folder), reported before any work where it can be; 3 the optimisation "
+    "diverged (non-finite loss); 4 an output could not be written (disk full, I/O error): the previous outputs of "
+    "that name are kept. Failure behaviour in full: README, 'Failure behaviour'.")
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -28,19 +37,29 @@ def _engine_kwargs(a) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="idir-fast",
+        prog="idir-fast", epilog=EXIT_STATUS_HELP,
         description="Implicit-neural-representation deformable image registration (IDIR), fast. Φ maps fixed-image "
                     "world points (LPS mm) to moving-image points; outputs load in SimpleITK, ANTs and Slicer.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_parser = sub.add_parser
+
+    def add_parser(*args, **kwargs):  # every command's --help ends with the exit statuses
+        kwargs.setdefault("epilog", EXIT_STATUS_HELP)
+        return _add_parser(*args, **kwargs)
+
+    sub.add_parser = add_parser
 
     r = sub.add_parser("register", help="register MOVING to FIXED and write field, warped image, det J, model, "
                                         "report", description="Register MOVING to FIXED.")
     r.add_argument("fixed", help="fixed image: NIfTI, MetaImage, NRRD file or a DICOM folder")
     r.add_argument("moving", help="moving image (same formats)")
     r.add_argument("--mask", help="fixed-image mask; points are drawn where mask > 0 (default: whole image)")
-    r.add_argument("--out", required=True, help="output prefix, e.g. out/case1_ → out/case1_0Warp.nii.gz, "
-                                                "…Warped.nii.gz, …JacDet.nii.gz, …model.pt, …report.json")
+    r.add_argument("--out", required=True,
+                   help="output prefix, e.g. out/case1_ → out/case1_0Warp.nii.gz, …Warped.nii.gz, …JacDet.nii.gz, "
+                        "…model.pt, …report.json; a folder (out/ with a trailing /, or an existing folder) means "
+                        "inside it: out/0Warp.nii.gz, … The folder must exist. Earlier outputs of the same prefix "
+                        "are replaced as a whole set (see README, 'Failure behaviour')")
     r.add_argument("--format", default=".nii.gz", choices=IMAGE_FORMATS,
                    help="image format of the outputs (default: %(default)s)")
     r.add_argument("--itk-transform", action="store_true",
@@ -89,13 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
                                     "mask,fixed_landmarks,moving_landmarks (world mm; paths relative to the "
                                     "manifest). Each pair writes DIR/<pair_id>/ atomically; rerunning skips "
                                     "completed pairs; failures are recorded in DIR/summary.csv and the others go "
-                                    "on. Exit status: the number of failed pairs (0 = all done).")
+                                    "on. One run at a time per output folder (a lock); a rerun with other "
+                                    "settings stops unless --force. Exit status 1 when any pair failed.")
     co.add_argument("manifest", help="manifest CSV")
     co.add_argument("--out", required=True, help="output folder")
     co.add_argument("--executor", default="local", choices=("local", "ray"),
                     help="local: one pair after another here; ray: one Ray task per pair with one GPU each "
                          "(pip install 'idir-fast[ray]')")
     co.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
+    co.add_argument("--wait", action="store_true",
+                    help="when another cohort run holds the output folder, wait for it (default: stop with exit "
+                         "status 2)")
+    co.add_argument("--force", action="store_true",
+                    help="redo completed pairs that were made with other settings (default: stop with exit status 2 "
+                         "and the differences)")
     _add_engine_options(co)
     co.add_argument("--figures", action="store_true", help="write PNG figures for every pair")
 
@@ -152,7 +178,7 @@ def cmd_register(a) -> int:
     from ..io.images import as_image
     from ..io.landmarks import read_points, to_world
 
-    prefix = check_writable_prefix(a.out, "--out")
+    prefix = check_writable_prefix(a.out, "--out")  # every output check before any work
     fl = ml = None
     if bool(a.fixed_landmarks) != bool(a.moving_landmarks):
         raise InputError("'--fixed-landmarks' and '--moving-landmarks' must be given together")
@@ -193,10 +219,14 @@ def cmd_demo(a) -> int:
     from ..data import phantom_pair
     from ..io.images import write_image
     from ..io.landmarks import write_points
-    from ..settings import resolve_device
+    from ..settings import RunSettings, resolve_device
 
-    out = ensure_folder(a.out, "--out")
+    # every setting checked here, before anything is made or written
+    RunSettings(backend=a.backend, seed=a.seed, device=a.device,
+                regularizer=None if a.regularizer == "none" else a.regularizer,
+                **({} if a.epochs is None else {"epochs": a.epochs})).resolved()
     dev = resolve_device(a.device)
+    out = ensure_folder(a.out, "--out")
     full = a.full or dev.type == "cuda"
     if full:
         settings = dict(hidden=(256, 256, 256), batch_size=10_000, epochs=2500)
@@ -238,18 +268,28 @@ def cmd_report(a) -> int:
 
 
 def cmd_dirlab(a) -> int:
-    import SimpleITK as sitk
-
     from ..api import register
     from ..core.metrics import tre
     from ..data import lung_mask_from_hu
     from ..io import dirlab
+
+    from ..io.images import as_image
 
     cases = [dirlab.check_case(c) for c in a.case]
     out_dir = None
     if a.out:
         out_dir = ensure_folder(a.out, "--out")
     found = [dirlab.find_case(a.data, c) for c in cases]  # all inputs checked before any work
+    masks = {}
+    if a.mask_dir:
+        if not Path(a.mask_dir).is_dir():
+            raise InputError(f"'--mask-dir': folder not found: {a.mask_dir!r}")
+        for c in found:
+            path = Path(a.mask_dir) / f"case{c.case}_mask.nii.gz"
+            if not path.is_file():
+                raise InputError(f"'--mask-dir': {str(path)!r} not found (the mask of case {c.case}; "
+                                 "expected caseN_mask.nii.gz)")
+            masks[c.case] = as_image(str(path), f"--mask-dir case {c.case}")
     rows = []
     for c in found:
         t_before = tre(c.fixed_landmarks, c.moving_landmarks)
@@ -258,7 +298,7 @@ def cmd_dirlab(a) -> int:
             continue
         fixed, moving = c.images()
         if a.mask_dir:
-            mask = sitk.ReadImage(str(Path(a.mask_dir) / f"case{c.case}_mask.nii.gz"))
+            mask = masks[c.case]
         else:
             mask = lung_mask_from_hu(fixed)
         reg = register(fixed, moving, mask, fixed_landmarks=c.fixed_landmarks,
@@ -280,14 +320,17 @@ def cmd_cohort(a) -> int:
     kw = _engine_kwargs(a)
     progress = kw.pop("progress")
     summary = register_cohort(a.manifest, a.out, executor=a.executor, address=a.address, progress=progress,
-                              figures=a.figures, **kw)
+                              figures=a.figures, wait=a.wait, force=a.force, **kw)
     rows = [[r["pair_id"], r["status"], _fmt(r.get("tre_before_mean")), _fmt(r.get("tre_after_mean")),
              str(r.get("folded_voxels", "")), _fmt(r.get("seconds"), 1), (r.get("error") or "")[:70]]
             for r in summary["pairs"]]
     print()
     _print_table(rows, ["pair", "status", "TRE before", "TRE after", "folded", "s", "error"])
     print(f"\n{summary['completed']} completed, {summary['failed']} failed; summary in {a.out}/summary.csv")
-    return min(summary["failed"], 100)
+    if summary["failed"]:
+        print(f"idir-fast cohort: {summary['failed']} pair(s) failed (exit status {EXIT_PAIRS_FAILED}); their errors "
+              "are in summary.csv", file=sys.stderr)
+    return EXIT_PAIRS_FAILED if summary["failed"] else EXIT_OK
 
 
 def _fmt(v, digits=2):
@@ -354,9 +397,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except InputError as err:
         print(f"idir-fast {args.command}: error: {err}", file=sys.stderr)
         return EXIT_INPUT
+    except BackendError as err:
+        print(f"idir-fast {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except MemoryError:
+        print(f"idir-fast {args.command}: error: out of memory (the estimate before the run did not foresee it); "
+              "use smaller images, --batch-size or --hidden", file=sys.stderr)
+        return EXIT_INPUT
     except DivergenceError as err:
         print(f"idir-fast {args.command}: diverged: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    except OutputError as err:
+        print(f"idir-fast {args.command}: output error: {err}", file=sys.stderr)
+        return EXIT_OUTPUT
 
 
 if __name__ == "__main__":

@@ -1,18 +1,37 @@
 """Cohort registration: a manifest of pairs, one output folder per pair, resumable, failure-isolated, and
 optionally spread over GPUs and machines with Ray.
 
-Each pair is registered and written into a temporary folder beside its final one, which is then renamed into
-place: a pair folder either holds every output or does not exist. Rerunning skips pairs whose folder exists; a
-run killed at any moment leaves at most a temporary folder, which the next run removes. A pair that fails (an
-unreadable file, an empty mask, …) is recorded with its error in the summary and the others go on.
+* **One run per output folder.** A run holds an exclusive advisory lock (``fcntl.flock`` on
+  ``DIR/.idir_fast-cohort.lock``) for its whole duration; a second run on the same folder stops with a message
+  naming the holder (exit status 2), or waits for it with ``wait=True`` (``--wait``). Temporary pair folders are
+  removed only under the lock, so only those of runs that are no longer alive.
+* **Checked once, up front.** The manifest, the settings (and, with the local executor, the device and backend on
+  this machine) and the output folder are checked before any pair runs; a problem there is one error, not one
+  failure per pair.
+* **Whole pair folders.** Each pair is registered and written into a temporary folder beside its final one, then
+  renamed into place (an earlier folder of that pair is moved aside first and removed after): a pair folder holds
+  a complete, consistent output set or does not exist.
+* **Resume with the same settings.** Every pair's report records the hash of the run settings. A rerun skips
+  pairs whose folder is complete and whose settings hash matches; pairs made with other settings make the run
+  stop with the differences (exit status 2) unless ``force=True`` (``--force``), which redoes them. Incomplete
+  pair folders (files missing or of the wrong size) are redone.
+* **Failures isolated.** A pair that fails (an unreadable file, an empty mask, divergence …) is recorded with its
+  error in ``summary.csv``/``summary.json`` and the others go on; the summary counts them, and the command exits
+  with status 1 when any failed.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime as _dt
+import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -21,14 +40,21 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 from ..errors import InputError
-from ..io.files import ensure_folder, write_json, write_text
+from ..io.files import ensure_folder, honour_umask, name_max, remove_dead_temporaries, write_json, write_text
+from ..io.outputs import verify_output_set
 from ..settings import RunSettings, with_setting_parameters
 
 REQUIRED = ("pair_id", "fixed", "moving")
 OPTIONAL = ("mask", "fixed_landmarks", "moving_landmarks")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_PAIR_ID = 100
+"""Longest pair id: it names a folder, and its temporary folder adds ~20 characters."""
+LOCK_NAME = ".idir_fast-cohort.lock"
+SUMMARY_NAMES = ("summary.csv", "summary.json")
+RESERVED_IDS = {n.lower() for n in SUMMARY_NAMES}
 SUMMARY_FIELDS = ("pair_id", "status", "error", "tre_before_mean", "tre_after_mean", "tre_after_p95",
-                  "folded_voxels", "sdlogj", "seconds", "ms_per_epoch", "backend", "device")
+                  "folded_voxels", "sdlogj", "seconds", "ms_per_epoch", "backend", "device", "settings_hash")
+EXIT_OK, EXIT_PAIRS_FAILED = 0, 1
 
 
 @dataclass
@@ -42,38 +68,62 @@ class Pair:
     extra: Dict[str, str] = field(default_factory=dict)
 
 
+# ------------------------------------------------------------------------------------------------ manifest
+def check_pair_id(pid: str, where: str) -> None:
+    if not pid:
+        raise InputError(f"'manifest': {where}: empty pair_id")
+    if len(pid) > MAX_PAIR_ID:
+        raise InputError(f"'manifest': {where}: pair_id {pid[:20]!r}… is {len(pid)} characters; at most "
+                         f"{MAX_PAIR_ID} (it names the output folder)")
+    if not _SAFE_ID.match(pid):
+        raise InputError(f"'manifest': {where}: pair_id {pid!r} must be letters, digits, '.', '_' or '-', starting "
+                         "with a letter or digit (it names the output folder)")
+    if pid.lower() in RESERVED_IDS:
+        raise InputError(f"'manifest': {where}: pair_id {pid!r} is the name of a file the cohort writes in the "
+                         f"output folder ({', '.join(SUMMARY_NAMES)}); choose another")
+
+
 def read_manifest(path: Union[str, os.PathLike]) -> List[Pair]:
     """Read and check a manifest CSV (header ``pair_id,fixed,moving[,mask,fixed_landmarks,moving_landmarks]``).
 
-    Relative paths are taken relative to the manifest's folder. Missing columns, empty or duplicate pair ids and
-    ids that cannot be folder names are errors raised before any work; files that do not exist are reported
-    per pair when it runs.
+    The file must be UTF-8 text. Relative paths are taken relative to the manifest's folder. Missing columns, a
+    row with more fields than the header, empty, duplicate, reserved or over-long pair ids and ids that cannot be
+    folder names are errors raised before any work; files that do not exist are reported per pair when it runs.
     """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"'manifest': file not found: {str(p)!r}")
-    with open(p, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED if c not in columns]
-        if missing:
-            raise InputError(f"'manifest': {p.name} lacks required column(s) {missing}; it has {columns}")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, restkey="\0extra")
+            columns = [(c or "").strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in REQUIRED if c not in columns]
+            if missing:
+                raise InputError(f"'manifest': {p.name} lacks required column(s) {missing}; it has {columns}")
+            rows = []
+            for row in reader:
+                extra = row.get("\0extra")
+                if extra is not None:
+                    raise InputError(f"'manifest': {p.name} line {reader.line_num}: {len(columns) + len(extra)} "
+                                     f"fields, the header has {len(columns)} (a comma inside a path? quote it)")
+                rows.append((reader.line_num, {(k or "").strip(): (v or "").strip() for k, v in row.items()}))
+    except UnicodeDecodeError as err:
+        raise InputError(f"'manifest': {p.name} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                         f"{err.start}); save it as UTF-8") from None
+    except csv.Error as err:
+        raise InputError(f"'manifest': {p.name} is not a valid CSV file ({err})") from None
     if not rows:
         raise InputError(f"'manifest': {p.name} lists no pairs")
     pairs, seen = [], {}
     base = p.parent
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         pid = row["pair_id"]
-        if not pid:
-            raise InputError(f"'manifest': {p.name} line {line}: empty pair_id")
-        if not _SAFE_ID.match(pid):
-            raise InputError(f"'manifest': {p.name} line {line}: pair_id {pid!r} must be letters, digits, '.', '_' "
-                             "or '-' (it names the output folder)")
-        if pid in seen:
+        check_pair_id(pid, f"{p.name} line {line}")
+        if pid.lower() in seen:
             raise InputError(f"'manifest': {p.name} line {line}: duplicate pair_id {pid!r} (first on line "
-                             f"{seen[pid]})")
-        seen[pid] = line
+                             f"{seen[pid.lower()]}; ids that differ only in case would share a folder on some "
+                             "file systems)")
+        seen[pid.lower()] = line
         for col in ("fixed", "moving"):
             if not row[col]:
                 raise InputError(f"'manifest': {p.name} line {line}: empty {col!r} for pair {pid!r}")
@@ -90,12 +140,84 @@ def read_manifest(path: Union[str, os.PathLike]) -> List[Pair]:
     return pairs
 
 
+# ------------------------------------------------------------------------------------------------ settings hash
+def settings_fingerprint(settings: RunSettings) -> dict:
+    """The settings a pair's result depends on, as requested (derived values left as "derived"): every field
+    except the device, so a rerun on another machine with the same options keeps the pairs."""
+    d = settings.to_dict()
+    d.pop("device", None)
+    return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
+def settings_hash(settings: RunSettings) -> str:
+    return hashlib.sha256(json.dumps(settings_fingerprint(settings), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------ lock
+class CohortLock:
+    """An exclusive advisory lock on a cohort output folder, held for a run (``fcntl.flock``; released by the
+    kernel when the process ends, however it ends)."""
+
+    def __init__(self, folder: Union[str, os.PathLike]):
+        self.path = Path(folder) / LOCK_NAME
+        self.fd: Optional[int] = None
+
+    def holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text())
+            return f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}"
+        except (OSError, ValueError):
+            return "another process"
+
+    def acquire(self, wait: bool = False, name: str = "out_dir") -> "CohortLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise InputError(f"'{name}': cannot create the lock file {str(self.path)!r} ({err.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                os.close(fd)
+                raise InputError(f"'{name}': another idir-fast cohort run is using {str(self.path.parent)!r} "
+                                 f"({self.holder()}); wait for it to finish, pass --wait (wait=True) to queue "
+                                 "behind it, or choose another output folder") from None
+            print(f"idir-fast cohort: waiting for the run that holds {str(self.path.parent)!r} ({self.holder()})",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
+            os.close(fd)
+            raise InputError(f"'{name}': cannot lock {str(self.path)!r} ({err.strerror}); the file system may not "
+                             "support locks") from None
+        self.fd = fd
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+# ------------------------------------------------------------------------------------------------ one pair
 def run_pair(pair: Pair, out_dir: str, settings: RunSettings, options: Optional[dict] = None) -> dict:
     """Register one pair into ``out_dir/pair_id`` atomically; returns its summary row (never raises).
 
     Args:
         settings: the run settings (validated once for the whole cohort).
-        options: ``threads`` (torch threads in this process), ``figures``.
+        options: ``threads`` (torch threads in this process), ``figures``, ``settings_hash``.
     """
     import torch
 
@@ -103,18 +225,24 @@ def run_pair(pair: Pair, out_dir: str, settings: RunSettings, options: Optional[
 
     t0 = time.perf_counter()
     final = Path(out_dir) / pair.pair_id
-    tmp = None
-    row = {"pair_id": pair.pair_id}
+    tmp = aside = None
+    options = options or {}
+    row = {"pair_id": pair.pair_id, "settings_hash": options.get("settings_hash")}
     try:
-        options = options or {}
         if options.get("threads"):
             torch.set_num_threads(int(options["threads"]))
         lm = {}
         if pair.fixed_landmarks:
             lm = dict(fixed_landmarks=pair.fixed_landmarks, moving_landmarks=pair.moving_landmarks)
         reg = register(pair.fixed, pair.moving, pair.mask, **lm, settings=settings, progress=False)
-        tmp = tempfile.mkdtemp(prefix=f".{pair.pair_id}.tmp-", dir=out_dir)
-        reg.save(os.path.join(tmp, ""), figures=bool(options.get("figures")))
+        tmp = tempfile.mkdtemp(prefix=f".{pair.pair_id}.tmp-{os.getpid()}-", dir=out_dir)
+        honour_umask(tmp, folder=True)
+        extra = {"cohort": {"pair_id": pair.pair_id, "settings_hash": options.get("settings_hash"),
+                            "settings_requested": options.get("settings_fingerprint")}}
+        reg.save(os.path.join(tmp, ""), figures=bool(options.get("figures")), report_extra=extra)
+        if final.exists():  # redone (--force, or incomplete): move the old folder aside, then swap
+            aside = tempfile.mkdtemp(prefix=f".{pair.pair_id}.old-{os.getpid()}-", dir=out_dir)
+            os.replace(final, os.path.join(aside, "old"))
         os.replace(tmp, final)  # the pair appears whole or not at all
         tmp = None
         row.update(_row_from_report(final))
@@ -123,26 +251,43 @@ def run_pair(pair: Pair, out_dir: str, settings: RunSettings, options: Optional[
         row.update(status="failed", error=f"{type(err).__name__}: {err}",
                    traceback=traceback.format_exc(limit=3))
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, aside):
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
     if row["status"] == "failed":
         row["seconds"] = time.perf_counter() - t0
     return row
 
 
+def _read_report(folder: Path) -> dict:
+    try:
+        rep = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return rep if isinstance(rep, dict) else {}
+
+
 def _row_from_report(folder: Path) -> dict:
-    rep = json.loads((folder / "report.json").read_text())
+    rep = _read_report(folder)
     m, t, s = rep.get("metrics", {}), rep.get("timings", {}), rep.get("settings", {})
     return {"tre_before_mean": m.get("tre_initial", {}).get("mean"), "tre_after_mean": m.get("tre", {}).get("mean"),
             "tre_after_p95": m.get("tre", {}).get("p95"), "folded_voxels": m.get("folding", {}).get("count"),
             "sdlogj": m.get("sdlogj"), "seconds": t.get("total_s"), "ms_per_epoch": t.get("ms_per_epoch"),
-            "backend": s.get("backend"), "device": s.get("device")}
+            "backend": s.get("backend"), "device": s.get("device"),
+            "settings_hash": rep.get("cohort", {}).get("settings_hash")}
 
 
-def _write_summary(out: Path, rows: List[dict]) -> None:
+def _summary(rows: List[dict], run_hash: str) -> dict:
     rows = sorted(rows, key=lambda r: r["pair_id"])
+    failed = sum(r["status"] == "failed" for r in rows)
+    return {"pairs": rows, "completed": sum(r["status"] == "ok" for r in rows), "failed": failed,
+            "exit_status": EXIT_PAIRS_FAILED if failed else EXIT_OK, "settings_hash": run_hash}
+
+
+def _write_summary(out: Path, rows: List[dict], run_hash: str) -> dict:
+    summary = _summary(rows, run_hash)
     lines = [",".join(SUMMARY_FIELDS)]
-    for r in rows:
+    for r in summary["pairs"]:
         vals = []
         for k in SUMMARY_FIELDS:
             v = r.get(k)
@@ -150,22 +295,36 @@ def _write_summary(out: Path, rows: List[dict]) -> None:
             vals.append('"' + v.replace('"', "'") + '"' if ("," in v or "\n" in v) else v)
         lines.append(",".join(vals))
     write_text("\n".join(lines) + "\n", out / "summary.csv")
-    write_json({"pairs": rows, "completed": sum(r["status"] == "ok" for r in rows),
-                "failed": sum(r["status"] == "failed" for r in rows)}, out / "summary.json")
+    write_json(summary, out / "summary.json")
+    return summary
 
 
-def _prepare_out_dir(out_dir) -> Path:
-    out = ensure_folder(out_dir, "out_dir")
-    for stale in out.glob(".*.tmp-*"):  # left by a run that was killed mid-pair
+def _prepare_out_dir(out: Path) -> List[str]:
+    """Remove what runs that are no longer alive left (called with the lock held): temporary and set-aside pair
+    folders."""
+    removed = remove_dead_temporaries(out)  # of summary.csv/json
+    for stale in list(out.glob(".*.tmp-*")) + list(out.glob(".*.old-*")):
         shutil.rmtree(stale, ignore_errors=True)
-    return out
+        removed.append(stale.name)
+    return removed
 
 
+def _settings_differences(old: dict, new: dict) -> str:
+    if not old:
+        return "their settings hash is not recorded: made by an older idir_fast or outside a cohort run"
+    keys = sorted(set(old) | set(new))
+    diffs = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(diffs) if diffs else "settings recorded differently (an older idir_fast?)"
+
+
+# ------------------------------------------------------------------------------------------------ the cohort
 @with_setting_parameters
 def register_cohort(manifest, out_dir, *, executor: str = "local", address: Optional[str] = None,
                     progress: bool = True, figures: bool = False, threads: Optional[int] = None,
-                    settings: Optional[RunSettings] = None, **options) -> dict:
-    """Register every pair of ``manifest`` into ``out_dir/<pair_id>/``; resumable and failure-isolated.
+                    wait: bool = False, force: bool = False, settings: Optional[RunSettings] = None,
+                    **options) -> dict:
+    """Register every pair of ``manifest`` into ``out_dir/<pair_id>/``; resumable and failure-isolated (see the
+    module docstring for the lock, the settings hash and what a rerun does).
 
     Args:
         manifest: CSV path (see :func:`read_manifest`) or a list of :class:`Pair`.
@@ -174,47 +333,81 @@ def register_cohort(manifest, out_dir, *, executor: str = "local", address: Opti
         progress: a progress bar over pairs.
         figures: write the PNG figures of every pair.
         threads: torch threads per pair (default: torch's).
+        wait: when another run holds ``out_dir``, wait for it instead of stopping with an error.
+        force: redo completed pairs that were made with other settings (default: stop with an error).
         settings, **options: the run settings, as for :func:`idir_fast.register` (checked once, up front).
 
     Returns:
-        the summary dict (also written to ``summary.json``/``summary.csv``): per-pair rows, counts.
+        the summary dict (also written to ``summary.json``/``summary.csv``): per-pair rows, counts,
+        ``exit_status`` (0 all done, 1 some pairs failed) and the run's ``settings_hash``.
     """
     settings = RunSettings.build(settings, "register_cohort", **options)
-    pairs = manifest if isinstance(manifest, list) else read_manifest(manifest)
     if executor not in ("local", "ray"):
         raise InputError(f"'executor' must be 'local' or 'ray', got {executor!r}")
     if executor == "local":
-        settings.resolved()  # a device this machine lacks fails once here, not once per pair
-    out = _prepare_out_dir(out_dir)
-    run_options = {"threads": threads, "figures": figures}
-    done = {p.pair_id for p in pairs if (out / p.pair_id / "report.json").is_file()}
-    rows = {pid: {"pair_id": pid, "status": "ok", **_row_from_report(out / pid)} for pid in done}
-    todo = [p for p in pairs if p.pair_id not in done]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+        settings.resolved()  # a device or backend this machine lacks fails once here, not once per pair
+    pairs = manifest if isinstance(manifest, list) else read_manifest(manifest)
+    if not pairs:
+        raise InputError("'manifest' lists no pairs")
+    for p in pairs:
+        check_pair_id(p.pair_id, f"pair {p.pair_id[:20]!r}")
+    out = ensure_folder(out_dir, "out_dir")
+    if len(max((p.pair_id for p in pairs), key=len).encode()) + 32 > name_max(out):
+        raise InputError(f"'out_dir': a pair id is too long for the file system of {str(out)!r}")
+    run_hash, fingerprint = settings_hash(settings), settings_fingerprint(settings)
+    with CohortLock(out).acquire(wait=wait):
+        _prepare_out_dir(out)
+        rows, todo, mismatched = {}, [], []
+        for p in pairs:
+            folder = out / p.pair_id
+            if not (folder / "report.json").is_file():
+                todo.append(p)  # never finished
+                continue
+            rep = _read_report(folder)
+            old_hash = rep.get("cohort", {}).get("settings_hash") if isinstance(rep.get("cohort"), dict) else None
+            if old_hash == run_hash and verify_output_set(os.path.join(folder, ""), checksums=False):
+                todo.append(p)  # damaged since (a file missing or of another size): redo
+                continue
+            if old_hash != run_hash:  # other settings, or not recorded (an older idir_fast)
+                mismatched.append((p, (rep.get("cohort") or {}).get("settings_requested") or {}))
+                continue
+            rows[p.pair_id] = {"pair_id": p.pair_id, "status": "ok", **_row_from_report(folder)}
+        if mismatched and not force:
+            names = ", ".join(p.pair_id for p, _ in mismatched[:5]) + (" …" if len(mismatched) > 5 else "")
+            raise InputError(f"'out_dir': {len(mismatched)} completed pair(s) in {str(out)!r} ({names}) were made "
+                             f"with other settings ({_settings_differences(mismatched[0][1], fingerprint)}); rerun "
+                             "with the same settings to resume, pass --force (force=True) to redo them with these, "
+                             "or choose another output folder")
+        todo += [p for p, _ in mismatched]
+        order = {q.pair_id: i for i, q in enumerate(pairs)}
+        todo.sort(key=lambda p: order[p.pair_id])
+        run_options = {"threads": threads, "figures": figures, "settings_hash": run_hash,
+                       "settings_fingerprint": fingerprint}
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(pairs), initial=len(done), desc="cohort", unit="pair", dynamic_ncols=True)
+            bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="cohort", unit="pair",
+                       dynamic_ncols=True)
 
-    def record(row):
-        rows[row["pair_id"]] = row
-        _write_summary(out, list(rows.values()))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(failed=sum(r["status"] == "failed" for r in rows.values()), refresh=False)
+        def record(row):
+            rows[row["pair_id"]] = row
+            _write_summary(out, list(rows.values()), run_hash)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(failed=sum(r["status"] == "failed" for r in rows.values()), refresh=False)
 
-    try:
-        if executor == "local":
-            for p in todo:
-                record(run_pair(p, str(out), settings, run_options))
-        else:
-            for row in _run_on_ray(todo, str(out), settings, run_options, address):
-                record(row)
-    finally:
-        if bar is not None:
-            bar.close()
-    _write_summary(out, list(rows.values()))
-    return json.loads((out / "summary.json").read_text())
+        try:
+            if executor == "local":
+                for p in todo:
+                    record(run_pair(p, str(out), settings, run_options))
+            else:
+                for row in _run_on_ray(todo, str(out), settings, run_options, address):
+                    record(row)
+        finally:
+            if bar is not None:
+                bar.close()
+        return _write_summary(out, list(rows.values()), run_hash)
 
 
 def _run_on_ray(pairs: List[Pair], out_dir: str, settings: RunSettings, options: dict, address: Optional[str]):

@@ -15,8 +15,6 @@ runs what a CPU can and lists what it skipped.
 """
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time

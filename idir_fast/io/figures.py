@@ -1,16 +1,20 @@
-"""Figures of a run (matplotlib, PNG): cumulative TRE (paper Fig. 2a), det J on a slice (Fig. 3), loss curves."""
+"""Figures of a run (matplotlib, PNG): cumulative TRE (paper Fig. 2a), det J on a slice (Fig. 3), loss curves.
+
+Each figure function writes ``path`` atomically (checked, see :mod:`.files`) or, with ``path=None``, returns the
+PNG bytes (how :meth:`idir_fast.registration.Registration.save` puts figures into its output set)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from .files import IMAGE_FORMATS, atomic_path
+from .files import IMAGE_FORMATS, write_bytes
 from .model_file import read_model_state
 
 
@@ -23,14 +27,18 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    _pyplot().close(fig)
-    return Path(path)
+def _save(fig, path, run_id: Optional[str] = None) -> Union[Path, bytes]:
+    buf = io.BytesIO()
+    meta = {"Description": f"idir_fast run_id={run_id}"} if run_id else None
+    try:
+        fig.savefig(buf, dpi=120, bbox_inches="tight", format="png", metadata=meta)
+    finally:
+        _pyplot().close(fig)
+    return buf.getvalue() if path is None else write_bytes(buf.getvalue(), path)
 
 
-def cumulative_tre(errors: Dict[str, Sequence[float]], path: Union[str, os.PathLike]) -> Path:
+def cumulative_tre(errors: Dict[str, Sequence[float]], path: Union[str, os.PathLike, None],
+                   run_id: Optional[str] = None) -> Union[Path, bytes]:
     """Cumulative distribution of landmark errors, one line per label (left = more accurate)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -45,11 +53,11 @@ def cumulative_tre(errors: Dict[str, Sequence[float]], path: Union[str, os.PathL
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, run_id)
 
 
-def jacobian_slice(jacobian: sitk.Image, path: Union[str, os.PathLike], mask: Optional[sitk.Image] = None,
-                   axis: str = "coronal") -> Path:
+def jacobian_slice(jacobian: sitk.Image, path: Union[str, os.PathLike, None], mask: Optional[sitk.Image] = None,
+                   axis: str = "coronal", run_id: Optional[str] = None) -> Union[Path, bytes]:
     """det J on the slice through the centre of the mask (or the image), values outside the mask hidden."""
     plt = _pyplot()
     det = sitk.GetArrayFromImage(jacobian)  # (z, y, x)
@@ -73,10 +81,11 @@ def jacobian_slice(jacobian: sitk.Image, path: Union[str, os.PathLike], mask: Op
                  f"{folded} folded)" if inside.size else f"det J, {axis} slice", fontsize=9)
     ax.set_axis_off()
     fig.colorbar(im, ax=ax, shrink=0.8, label="det ∂Φ/∂x")
-    return _save(fig, path)
+    return _save(fig, path, run_id)
 
 
-def loss_curves(history: Dict[str, Sequence[float]], path: Union[str, os.PathLike]) -> Path:
+def loss_curves(history: Dict[str, Sequence[float]], path: Union[str, os.PathLike, None],
+                run_id: Optional[str] = None) -> Union[Path, bytes]:
     """Loss, similarity (−NCC) and regulariser per epoch."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -95,7 +104,29 @@ def loss_curves(history: Dict[str, Sequence[float]], path: Union[str, os.PathLik
     axes[1].set_xlabel("epoch")
     axes[1].set_title("regulariser")
     axes[1].grid(alpha=0.3)
-    return _save(fig, path)
+    return _save(fig, path, run_id)
+
+
+FIGURE_NAMES = {"tre": "fig_tre.png", "jacobian": "fig_jacdet.png", "loss": "fig_loss.png"}
+
+
+def run_figures(metrics: dict, jacobian: Optional[sitk.Image], mask: Optional[sitk.Image],
+                history: Optional[Dict[str, Sequence[float]]], run_id: Optional[str] = None
+                ) -> Dict[str, Tuple[str, bytes]]:
+    """The figures of a run as ``kind → (file name after the prefix, PNG bytes)``: cumulative TRE (with landmark
+    errors in ``metrics``), det J on a slice (with ``jacobian``), loss curves (with ``history``); ``run_id`` goes
+    into each PNG's ``Description`` text."""
+    out = {}
+    if "tre_errors" in metrics:
+        errs = {"after": metrics["tre_errors"]}
+        if "tre_initial_errors" in metrics:
+            errs = {"before": metrics["tre_initial_errors"], **errs}
+        out["tre"] = (FIGURE_NAMES["tre"], cumulative_tre(errs, None, run_id))
+    if jacobian is not None:
+        out["jacobian"] = (FIGURE_NAMES["jacobian"], jacobian_slice(jacobian, None, mask, run_id=run_id))
+    if history and any(len(v) for v in history.values()):
+        out["loss"] = (FIGURE_NAMES["loss"], loss_curves(history, None, run_id))
+    return out
 
 
 def figures_for_prefix(prefix: Union[str, os.PathLike], mask: Optional[sitk.Image] = None,
@@ -106,25 +137,30 @@ def figures_for_prefix(prefix: Union[str, os.PathLike], mask: Optional[sitk.Imag
     report_path = Path(prefix + "report.json")
     if not report_path.is_file():
         raise InputError(f"'run': {str(report_path)!r} not found (not a saved idir_fast run)")
-    report = json.loads(report_path.read_text())
-    out = {}
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"'run': {str(report_path)!r} is not a valid report (bad JSON: {err})") from None
+    except OSError as err:
+        raise InputError(f"'run': cannot read {str(report_path)!r} ({err.strerror or err})") from None
+    if not isinstance(report, dict):
+        raise InputError(f"'run': {str(report_path)!r} is not a valid report (not a JSON object)")
     m = report.get("metrics", {})
-    if "tre_errors" in m:
-        errs = {"after": m["tre_errors"]}
-        if "tre_initial_errors" in m:
-            errs = {"before": m["tre_initial_errors"], **errs}
-        out["tre"] = cumulative_tre(errs, prefix + "fig_tre.png")
     jac_path = next((p for p in (prefix + "JacDet" + ext for ext in IMAGE_FORMATS) if Path(p).is_file()), None)
+    jacobian = None
     if jac_path:
-        if mask is None and report.get("settings", {}).get("mask_path"):
+        if mask is None and isinstance(report.get("settings"), dict) and report["settings"].get("mask_path"):
             mp = Path(report["settings"]["mask_path"])
             mask = sitk.ReadImage(str(mp)) if mp.is_file() else None
-        out["jacobian"] = jacobian_slice(sitk.ReadImage(jac_path), prefix + "fig_jacdet.png", mask)
+        try:
+            jacobian = sitk.ReadImage(jac_path)
+        except RuntimeError as err:
+            raise InputError(f"'run': cannot read {jac_path!r} ({str(err).strip().splitlines()[-1]})") from None
     if history is None and Path(prefix + "model.pt").is_file():
         history = {k: v.numpy() for k, v in read_model_state(prefix + "model.pt").get("history", {}).items()}
-    if history:
-        out["loss"] = loss_curves(history, prefix + "fig_loss.png")
-    return out
+    run_id = report.get("run_id") if isinstance(report.get("run_id"), str) else None
+    figures = run_figures(m if isinstance(m, dict) else {}, jacobian, mask, history, run_id)
+    return {kind: write_bytes(data, prefix + name) for kind, (name, data) in figures.items()}
 
 
 def report_run_dir(run_dir: Union[str, os.PathLike]) -> Dict[str, Dict[str, Path]]:

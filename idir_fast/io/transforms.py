@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from .files import atomic_path
+from .files import atomic_path, output_error, writing
 
 TransformLike = Union[str, os.PathLike, sitk.Transform, np.ndarray]
 TRANSFORM_EXTENSIONS = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
@@ -82,8 +82,19 @@ def matrix_to_transform(A: np.ndarray) -> sitk.AffineTransform:
     return tx
 
 
+def write_itk_transform_to(tmp: Union[str, os.PathLike], tx: sitk.Transform, final: Union[str, os.PathLike]) -> None:
+    """Write an ITK transform into the temporary file ``tmp`` (destined for ``final``) and check that it reads
+    back (HDF5 and text writers can fail halfway on a full disk)."""
+    with writing(final):
+        sitk.WriteTransform(tx, os.fspath(tmp))
+    try:
+        sitk.ReadTransform(os.fspath(tmp))
+    except RuntimeError as err:
+        raise output_error(final, err, "read back") from None
+
+
 def write_transform(A: np.ndarray, path: Union[str, os.PathLike]) -> Path:
     """Write a 4×4 fixed → moving matrix as an ITK affine transform file (``.mat`` loads in ANTs, ITK, Slicer)."""
     with atomic_path(path) as tmp:
-        sitk.WriteTransform(matrix_to_transform(A), tmp)
+        write_itk_transform_to(tmp, matrix_to_transform(A), path)
     return Path(path)

@@ -41,6 +41,7 @@ import triton
 import triton.language as tl
 
 from ..core.derivatives import NUM_STREAMS
+from ..ops.siren_streams import streams_backward
 from . import DEFAULT_PRECISION, PRECISIONS
 
 
@@ -383,33 +384,16 @@ class SirenStreamsFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_u):
-        omega, order, precision = ctx.omega, ctx.order, ctx.precision
-        saved = ctx.saved_tensors
-        P = ctx.n_params
+        saved, P = ctx.saved_tensors, ctx.n_params
         x, params = saved[0], saved[1:1 + P]
         L = P // 2 - 1  # sine layers
         inputs, zs = saved[1 + P:1 + P + L], saved[1 + P + L:]
-        grads: List[torch.Tensor] = [None] * P
-        g = grad_u.contiguous()
-        S, n = g.shape[0], g.shape[1]
+        omega, order, precision = ctx.omega, ctx.order, ctx.precision
         with _device_guard(x):
-            h = inputs[-1]
-            g2 = g.reshape(S * n, -1)
-            grads[-2] = matmul(g2.T, h.reshape(S * n, -1), precision)
-            grads[-1] = g[0].sum(0)
-            ga = matmul(g2, params[-2], precision).reshape(S, n, -1)
-            for layer in range(L - 1, 0, -1):
-                gz = _sine_backward(ga, zs[layer], params[0], omega, order, first=False)
-                w, h = params[2 * layer], inputs[layer - 1]
-                gz2 = gz.reshape(S * n, -1)
-                grads[2 * layer] = matmul(gz2.T, h.reshape(S * n, -1), precision)
-                grads[2 * layer + 1] = gz[0].sum(0)
-                ga = matmul(gz2, w, precision).reshape(S, n, -1)
-            gz = _sine_backward(ga, zs[0], params[0], omega, order, first=True)
-            gw0 = gz[0].T @ x  # a rank-3 input: tiny, exact
-            if order >= 1:
-                gw0 = gw0 + torch.stack([gz[1 + i].sum(0) for i in range(3)], dim=1)
-            grads[0], grads[1] = gw0, gz[0].sum(0)
+            grads = streams_backward(
+                grad_u, x, params, inputs, zs, omega, order,
+                lambda ga, z, first: _sine_backward(ga, z, params[0], omega, order, first),
+                lambda a, b: matmul(a, b, precision))
         return (None, None, None, None, *grads)
 
 

@@ -73,3 +73,114 @@ def siren_streams(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor,
             return torch.cat([(z[0] + b).unsqueeze(0), z[1:]]) if S > 1 else z + b
         h = _sine_streams(z, b, omega, order)
     raise ValueError("params must hold at least one sine layer and the output layer")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The fused path: matrix products by torch, the element-wise stream algebra of each layer in one pass of a
+# compiled kernel (``csrc/sine_streams_cpu.cpp`` on the CPU, the Triton kernels on a GPU), and the exact adjoint
+# as the backward. The layout of a layer's saved tensors: ``inputs[l]`` the streams entering hidden layer ``l+1``
+# (and the output layer), ``zs[l]`` the pre-activations of sine layer ``l`` (the first one holds values only).
+def streams_backward(grad_u, x, params, inputs, zs, omega: float, order: int, sine_backward, matmul):
+    """Parameter gradients of the stream forward, given ``∂L/∂u`` ``(S, N, 3)``.
+
+    Args:
+        sine_backward: ``(ā (S, N, M), z, first: bool) → z̄`` — the layer adjoint (engine-math note).
+        matmul: ``(a, b) → a @ b`` in the caller's precision.
+
+    Returns:
+        the gradients of ``params`` in their order.
+    """
+    P = len(params)
+    L = P // 2 - 1  # sine layers
+    grads = [None] * P
+    g = grad_u.contiguous()
+    S, n = g.shape[0], g.shape[1]
+    h = inputs[-1]
+    g2 = g.reshape(S * n, -1)
+    grads[-2] = matmul(g2.T, h.reshape(S * n, -1))
+    grads[-1] = g[0].sum(0)
+    ga = matmul(g2, params[-2]).reshape(S, n, -1)
+    for layer in range(L - 1, 0, -1):
+        gz = sine_backward(ga, zs[layer], False)
+        w, h = params[2 * layer], inputs[layer - 1]
+        gz2 = gz.reshape(S * n, -1)
+        grads[2 * layer] = matmul(gz2.T, h.reshape(S * n, -1))
+        grads[2 * layer + 1] = gz[0].sum(0)
+        ga = matmul(gz2, w).reshape(S, n, -1)
+    gz = sine_backward(ga, zs[0], True)
+    gw0 = gz[0].T @ x  # a rank-3 input: tiny, exact
+    if order >= 1:
+        gw0 = gw0 + torch.stack([gz[1 + i].sum(0) for i in range(3)], dim=1)
+    grads[0], grads[1] = gw0, gz[0].sum(0)
+    return grads
+
+
+class _CpuStreamsFunction(torch.autograd.Function):
+    """Forward and exact backward of the streams with the compiled CPU kernels for the element-wise part: the bias
+    added and ``sin``/``ω cos`` taken by ATen's vectorised ops (kept for the backward), the rest of each layer's
+    stream algebra and its adjoint in one pass of ``idir_fast._C``."""
+
+    @staticmethod
+    def forward(ctx, x, omega, order, *params):
+        from .sample_ncc import extension
+
+        ext = extension()
+        S = (1, 4, 10)[order]
+        n = x.shape[0]
+        empty = params[0].new_empty(0)
+        inputs, zs, trig, a = [], [], [], None
+        z = torch.addmm(params[1], x, params[0].T).unsqueeze(0)  # the first layer: values only
+        for layer in range(len(params) // 2 - 1):
+            if layer:
+                w, b = params[2 * layer], params[2 * layer + 1]
+                inputs.append(a)
+                z = (a.reshape(S * n, -1) @ w.T).reshape(S, n, -1)
+                z[0] += b
+            wz = omega * z[0]
+            s, c = torch.sin(wz), omega * torch.cos(wz)
+            a = ext.sine_streams_forward(z, params[0] if layer == 0 else empty, s, c, omega, order)
+            zs.append(z)
+            trig += [s, c]
+        inputs.append(a)
+        u = (a.reshape(S * n, -1) @ params[-2].T).reshape(S, n, -1)
+        u[0] += params[-1]
+        ctx.omega, ctx.order, ctx.n_params, ctx.n_layers = omega, order, len(params), len(zs)
+        ctx.save_for_backward(x, *params, *inputs, *zs, *trig)
+        return u
+
+    @staticmethod
+    def backward(ctx, grad_u):
+        from .sample_ncc import extension
+
+        ext = extension()
+        saved, P, L = ctx.saved_tensors, ctx.n_params, ctx.n_layers
+        x, params = saved[0], saved[1:1 + P]
+        inputs, zs, trig = saved[1 + P:1 + P + L], saved[1 + P + L:1 + P + 2 * L], saved[1 + P + 2 * L:]
+        empty = params[0].new_empty(0)
+        layer_of = {id(z): k for k, z in enumerate(zs)}
+
+        def sine_backward(ga, z, first):
+            k = layer_of[id(z)]
+            return ext.sine_streams_backward(ga.contiguous(), z, params[0] if first else empty, trig[2 * k],
+                                             trig[2 * k + 1], ctx.omega, ctx.order)
+
+        grads = streams_backward(grad_u, x, params, inputs, zs, ctx.omega, ctx.order, sine_backward,
+                                 lambda p, q: p @ q)
+        return (None, None, None, *grads)
+
+
+def fused_available(x: torch.Tensor) -> bool:
+    """Whether :func:`siren_streams_fused` runs for points ``x`` (CPU tensors and the compiled op built with its
+    stream kernels)."""
+    from .sample_ncc import extension
+
+    ext = extension()
+    return (x.device.type == "cpu" and ext is not None and hasattr(ext, "sine_streams_forward")
+            and x.dtype in (torch.float32, torch.float64))
+
+
+def siren_streams_fused(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor, order: int) -> torch.Tensor:
+    """:func:`siren_streams` through the compiled CPU kernels (same contract, differentiable w.r.t. ``params``).
+
+    Not usable under ``torch.func.vmap`` (the batched-pairs step uses :func:`siren_streams`)."""
+    return _CpuStreamsFunction.apply(x.contiguous(), float(omega), int(order), *[p.contiguous() for p in params])

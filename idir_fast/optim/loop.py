@@ -55,7 +55,8 @@ def _device_scope(device: torch.device):
 
 def run(step, sampler: PointSampler, epochs: int, *, device: torch.device, loop: str = "fast",
         sync_every: Optional[int] = None, progress: Optional[str] = None,
-        log: Optional[Callable[[int, list], None]] = None, sync_debug: bool = False) -> LoopResult:
+        log: Optional[Callable[[int, list], None]] = None, sync_debug: bool = False,
+        lr_at: Optional[Callable[[int], float]] = None, stop_rule=None) -> LoopResult:
     """Run ``epochs`` steps of ``step`` on batches from ``sampler``.
 
     Args:
@@ -69,6 +70,9 @@ def run(step, sampler: PointSampler, epochs: int, *, device: torch.device, loop:
         log: called as ``log(epoch, [loss, similarity, regularization] of pair 0)`` at every host read.
         sync_debug: on CUDA, run the replayed epochs under ``torch.cuda.set_sync_debug_mode("error")`` (any host
             synchronisation outside the periodic history read raises) — the GPU acceptance check.
+        lr_at: the learning rate of each epoch (set on the device before the step; a CUDA graph reads it there).
+        stop_rule: an object with ``converged(losses) → bool`` (:class:`~idir_fast.schedule.ConvergenceRule`)
+            asked at every host read with the losses so far (summed over pairs); the loop then stops early.
 
     Raises:
         DivergenceError: the loss became non-finite (names the epoch).
@@ -88,11 +92,15 @@ def run(step, sampler: PointSampler, epochs: int, *, device: torch.device, loop:
         history = torch.zeros(epochs, n_pairs, len(HISTORY_TERMS), dtype=sampler.points[0].dtype, device=device)
         side = torch.cuda.Stream(device=device) if use_graph else None
         graph = static_out = None
+        seen: list = []  # host copies of the history, for the stop rule
+        epochs_run = epochs
         t0 = time.perf_counter()
         try:
             for epoch in range(epochs):
                 with _sync_debug(sync_debug and graph is not None):
                     sampler.before_step()
+                    if lr_at is not None:
+                        set_lr(step.optimizer, lr_at(epoch))
                 if use_graph and graph is None and epoch >= GRAPH_WARMUP:
                     graph, static_out = _capture(step, sampler, side)
                     use_graph = graph is not None
@@ -108,14 +116,28 @@ def run(step, sampler: PointSampler, epochs: int, *, device: torch.device, loop:
                 else:
                     history[epoch] = step(*sampler.draw())
                 if (epoch + 1) % sync_every == 0 or epoch + 1 == epochs:
-                    _check_and_report(history, epoch, bar, sync_every, log)
+                    seen.append(_check_and_report(history, epoch, bar, sync_every, log))
+                    if stop_rule is not None and stop_rule.converged(np.concatenate(seen)[:, :, 0].sum(1)):
+                        epochs_run = epoch + 1
+                        break
         finally:
             if bar is not None:
                 bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
-    return LoopResult(history=history.cpu().numpy(), seconds=seconds, epochs_run=epochs, graph=graph is not None)
+    return LoopResult(history=history[:epochs_run].cpu().numpy(), seconds=seconds, epochs_run=epochs_run,
+                      graph=graph is not None)
+
+
+def set_lr(optimizer, lr: float) -> None:
+    """Set every group's learning rate: in place on the device when it is a tensor (capturable Adam, where a CUDA
+    graph reads it), else the Python number."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 @contextlib.contextmanager
@@ -166,3 +188,4 @@ def _check_and_report(history, epoch, bar, sync_every, log):
         bar.update(epoch + 1 - bar.n)
     if log is not None:
         log(epoch, last)
+    return recent.numpy()

@@ -1,6 +1,7 @@
 """A registration pair made ready for the loop: checked, in the network's frame, on the training device."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -38,10 +39,25 @@ class PreparedPair:
     fixed_values: torch.Tensor
     world_affine: np.ndarray = None
     moving_weights: Optional[torch.Tensor] = None
+    sources: Optional[tuple] = None  # (fixed image, moving image, mask-voxel indices): for smoothed stages
 
     @property
     def num_points(self) -> int:
         return int(self.points.shape[0])
+
+    def with_smoothing(self, voxels: float) -> "PreparedPair":
+        """This pair with both images smoothed by a Gaussian of ``voxels`` × the fixed image's largest spacing (the
+        same physical width for both images); the points stay. ``0`` returns the pair itself."""
+        if not voxels:
+            return self
+        fixed, moving, inside = self.sources
+        sigma = float(voxels) * max(self.fixed_geometry.spacing)
+        fixed_s = sitk.SmoothingRecursiveGaussian(fixed, sigma)
+        moving_s = sitk.SmoothingRecursiveGaussian(moving, sigma)
+        dev, dt = self.points.device, self.points.dtype
+        values = np.asarray(sitk.GetArrayViewFromImage(fixed_s)).ravel()[inside]
+        return dataclasses.replace(self, moving=torch.as_tensor(sitk.GetArrayFromImage(moving_s), dtype=dt, device=dev),
+                                   fixed_values=torch.as_tensor(values, dtype=dt, device=dev))
 
     def moving_index_affine(self):
         """``(lin (3, 3), off (3,))`` on the device with ``index = Φ @ lin + off`` (normalised → moving voxels)."""
@@ -95,5 +111,5 @@ def prepare_pair(fixed: sitk.Image, moving: sitk.Image, mask: Optional[sitk.Imag
         moving=torch.as_tensor(moving_arr, dtype=dtype, device=device),
         points=points.to(device=device, dtype=dtype),
         fixed_values=torch.as_tensor(fixed_values, dtype=dtype, device=device),
-        world_affine=A, moving_weights=weights,
+        world_affine=A, moving_weights=weights, sources=(fixed, moving, inside),
     )

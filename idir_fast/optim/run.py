@@ -14,6 +14,7 @@ from ..errors import InputError
 from ..settings import RunSettings
 from .loop import LoopResult, run
 from .points import PointSampler
+from ..schedule import ConvergenceRule
 from .prepare import PreparedPair
 from .step import BatchedStep, PairStep, SymmetricStep
 
@@ -26,13 +27,15 @@ class Trained:
         sirens: one trained network per pair (on the training device).
         loop: the loop's result (history ``(epochs, P, 3)``).
         choice: the backend actually used (and why others were not).
-        batch_size: points per step actually used.
+        batch_size: points per step actually used (in the last stage).
+        stages: per stage: epochs planned and run, points, smoothing, peak lr, seconds, whether it stopped early.
     """
 
     sirens: List[Siren]
     loop: LoopResult
     choice: backends.BackendChoice
     batch_size: int
+    stages: List[dict]
 
     def history(self, i: int) -> np.ndarray:
         return self.loop.history[:, i]
@@ -68,9 +71,9 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
             network's frame to the backward one's; adds the cycle-consistency term (:class:`SymmetricStep`).
     """
     device = settings.torch_device
-    batch = min(settings.batch_size, min(p.num_points for p in pairs))
     if fwd_to_bwd is None and len({min(settings.batch_size, p.num_points) for p in pairs}) != 1:
         raise ValueError("pairs of one batched step must share the effective batch size")
+    stages = settings.stages()
     choice = backends.select(settings.backend, device)
     sirens = [new_siren(settings) for _ in pairs]
     capturable = settings.loop == "fast" and device.type == "cuda"
@@ -80,13 +83,27 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
         step = PairStep(sirens[0], pairs[0], choice, settings, capturable=capturable)
     else:
         step = BatchedStep(sirens, pairs, choice, settings, capturable=capturable)
-    sampler = PointSampler([p.points for p in pairs], [p.fixed_values for p in pairs], batch, settings.seed)
-    result = run(step, sampler, settings.epochs, device=device, loop=settings.loop,
-                 progress=_progress_label(settings, step.choice, len(pairs)) if progress else None,
-                 sync_debug=sync_debug)
+    label = _progress_label(settings, step.choice, len(pairs)) if progress else None
+    results, record = [], []
+    for k, stage in enumerate(stages):
+        stage_pairs = [p.with_smoothing(stage.smoothing) for p in pairs]
+        step.set_pairs(stage_pairs)
+        batch = min(stage.points, min(p.num_points for p in pairs))
+        sampler = PointSampler([p.points for p in stage_pairs], [p.fixed_values for p in stage_pairs], batch,
+                               settings.seed + k)
+        rule = ConvergenceRule(settings.tol, min_epochs=max(100, stage.epochs // 2)) if settings.tol else None
+        result = run(step, sampler, stage.epochs, device=device, loop=settings.loop,
+                     progress=(f"{label} {k + 1}/{len(stages)}" if len(stages) > 1 else label) if label else None,
+                     sync_debug=sync_debug, lr_at=stage.lr_at, stop_rule=rule)
+        results.append(result)
+        record.append({"epochs": stage.epochs, "epochs_run": result.epochs_run, "points": batch,
+                       "smoothing_voxels": stage.smoothing, "lr": stage.lr, "seconds": result.seconds,
+                       "stopped_early": result.epochs_run < stage.epochs})
     if isinstance(step, BatchedStep):
         for i, siren in enumerate(sirens):
             with torch.no_grad():
                 for dst, src in zip(siren.parameter_list(), step.pair_parameters(i)):
                     dst.copy_(src)
-    return Trained(sirens=sirens, loop=result, choice=step.choice, batch_size=batch)
+    loop = LoopResult(history=np.concatenate([r.history for r in results]), seconds=sum(r.seconds for r in results),
+                      epochs_run=sum(r.epochs_run for r in results), graph=all(r.graph for r in results))
+    return Trained(sirens=sirens, loop=loop, choice=step.choice, batch_size=record[-1]["points"], stages=record)

@@ -8,7 +8,7 @@ regulariser), and it can be captured as a CUDA graph.
 from __future__ import annotations
 
 import contextlib
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -30,6 +30,8 @@ def make_adam(params: Sequence[torch.Tensor], lr: float, device: torch.device, c
     """Adam with PyTorch's defaults but ``lr``; the fused implementation where this torch has it (one kernel
     for all parameters, and no host read of the step count, on CPU too), capturable on CUDA."""
     kwargs = {"capturable": True} if capturable else {}
+    if capturable:  # a learning-rate schedule inside a CUDA graph: the rate lives on the device
+        lr = torch.tensor(float(lr), device=device)
     try:
         return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):  # an old torch without fused Adam on this device
@@ -93,8 +95,13 @@ class PairStep:
         self.device = pair.points.device
         self.choice = self_check(choice, self.params, self.omega, self.order, self.precision)
         self.backend = self.choice.backend
-        self.objective = _Objective(settings, self.backend.similarity, pair)
+        self.settings = settings
+        self.set_pairs([pair])
         self.optimizer = make_adam(self.params, settings.lr, self.device, capturable)
+
+    def set_pairs(self, pairs: Sequence[PreparedPair]) -> None:
+        """Train on these images from now on (a new stage: e.g. less smoothed); the points stay the same."""
+        self.objective = _Objective(self.settings, self.backend.similarity, pairs[0])
 
     def losses(self, x: torch.Tensor, f: torch.Tensor):
         """``(loss, −NCC, R)`` at points ``x`` ``(B, 3)`` with fixed values ``f`` ``(B,)`` (differentiable)."""
@@ -136,10 +143,15 @@ class BatchedStep:
         self.choice = self_check(choice, [p[0].detach() for p in self.params], self.omega, self.order,
                                  self.precision)
         self.backend = self.choice.backend
-        self.objectives = [_Objective(settings, self.backend.similarity, p) for p in pairs]
+        self.settings = settings
+        self.set_pairs(pairs)
         order, omega = self.order, self.omega
         self._streams = vmap(lambda p, x: siren_streams(p, omega, x, order), in_dims=(0, 0))
         self.optimizer = make_adam(self.params, settings.lr, self.device, capturable)
+
+    def set_pairs(self, pairs: Sequence[PreparedPair]) -> None:
+        """Train on these images from now on (a new stage); one per pair, in order."""
+        self.objectives = [_Objective(self.settings, self.backend.similarity, p) for p in pairs]
 
     def pair_parameters(self, i: int) -> List[torch.Tensor]:
         """Pair ``i``'s parameters (detached views)."""

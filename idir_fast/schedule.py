@@ -1,0 +1,119 @@
+"""Schedules: the stages of one optimisation, and how the network is sized for the device.
+
+A stage trains the same network(s) for a number of steps on images smoothed by a Gaussian of ``smoothing``
+voxels (of the fixed image's largest spacing), with ``points`` per step and a learning rate that warms up
+linearly and decays by a cosine to 5 % of its peak; a stage ends early when the loss stops improving (the
+``tol`` rule of :class:`ConvergenceRule`). Coarse stages see blurred images, so the network first captures the
+large, smooth motion (a wide capture range, as the image pyramids of ANTs and elastix), then the fine stage
+registers the sharp images.
+
+Named schedules (``RunSettings.schedule``):
+
+* ``"paper"`` — one stage: the paper's settings (3×256, 10,000 points × 2500 steps, constant lr 1e-4, no early
+  stop, the released code's initialisation scheme "siren"). Its accuracy is the package's reference figure.
+* ``"auto"`` — sized for the device (:data:`AUTO`): on a CPU a small network, few points and two stages (blurred
+  images, then sharp ones), measured against ANTs and elastix on the same machine; on a GPU, for now, the paper's
+  schedule (no GPU has measured a staged one yet).
+
+Explicit ``epochs``, ``batch_size`` or ``lr`` override a schedule: ``epochs`` is the total (spread over the stages
+in the schedule's proportions), ``batch_size`` the last stage's points (earlier stages scaled alike), ``lr`` the
+peak learning rate.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: ``epochs`` steps of ``points`` points on images smoothed by ``smoothing`` voxels, peak ``lr``."""
+
+    epochs: int
+    points: int
+    smoothing: float
+    lr: float
+    warmup: int = 0
+    constant_lr: bool = False
+
+    def lr_at(self, epoch: int) -> float:
+        """Linear warm-up over ``warmup`` steps, then a cosine from the peak to 5 % of it (or constant)."""
+        if self.constant_lr:
+            return self.lr
+        if epoch < self.warmup:
+            return self.lr * (epoch + 1) / self.warmup
+        t = (epoch - self.warmup) / max(1, self.epochs - self.warmup)
+        return self.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0))))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A schedule for one kind of device: network, ω, and the stages as (share of epochs, share of points,
+    smoothing in voxels)."""
+
+    hidden: Tuple[int, ...]
+    omega: float
+    epochs: int
+    points: int
+    lr: float
+    stages: Tuple[Tuple[float, float, float], ...]
+    tol: Optional[float]
+    init: str = "identity"
+    warmup: int = 20
+    constant_lr: bool = False
+
+
+PAPER = Profile(hidden=(256, 256, 256), omega=32.0, epochs=2500, points=10_000, lr=1e-4,
+                stages=((1.0, 1.0, 0.0),), tol=None, init="siren", warmup=0, constant_lr=True)
+
+AUTO: Dict[str, Profile] = {
+    # measured with benchmarks/peers.py on the 2-core CPU (README, "Time to accuracy"): a small network, few
+    # points, a blurred stage then a sharp one, Adam warmed up to 5e-4 and decayed by a cosine
+    "cpu": Profile(hidden=(48, 48, 48), omega=32.0, epochs=400, points=1500, lr=5e-4,
+                   stages=((0.4, 0.5, 2.0), (0.6, 1.0, 0.0)), tol=1e-4),
+    # on a GPU the paper's schedule until a GPU session measures a staged one (idir-fast doctor --gpu-acceptance)
+    "cuda": PAPER,
+}
+
+
+def profile_for(schedule: str, device_type: str) -> Profile:
+    if schedule == "paper":
+        return PAPER
+    return AUTO.get(device_type, AUTO["cpu"])
+
+
+def build_stages(profile: Profile, epochs: Optional[int] = None, points: Optional[int] = None,
+                 lr: Optional[float] = None) -> List[Stage]:
+    """The stages of ``profile``, with explicit ``epochs`` (total), ``points`` (last stage) or ``lr`` (peak)."""
+    total = int(epochs or profile.epochs)
+    last_points = int(points or profile.points)
+    peak = float(lr or profile.lr)
+    shares = np.array([s[0] for s in profile.stages], dtype=float)
+    counts = np.maximum(1, np.floor(total * shares / shares.sum()).astype(int))
+    counts[-1] = max(1, total - int(counts[:-1].sum())) if len(counts) > 1 else total
+    out = []
+    for (share, point_share, smoothing), n in zip(profile.stages, counts):
+        out.append(Stage(epochs=int(n), points=max(1, int(round(last_points * point_share))), smoothing=smoothing,
+                         lr=peak, warmup=min(profile.warmup, int(n) // 4), constant_lr=profile.constant_lr))
+    return out
+
+
+class ConvergenceRule:
+    """Stop a stage when the loss has stopped improving: the mean loss of the last ``window`` steps is compared
+    with the mean of the ``window`` before; the stage ends when the improvement, relative to the loss's spread
+    over the stage so far, falls below ``tol`` per step (checked at the loop's host reads only)."""
+
+    def __init__(self, tol: Optional[float], window: int = 50, min_epochs: int = 100):
+        self.tol, self.window, self.min_epochs = tol, window, min_epochs
+
+    def converged(self, losses: np.ndarray) -> bool:
+        """``losses``: the stage's summed loss per epoch so far (host array)."""
+        if not self.tol or len(losses) < max(self.min_epochs, 2 * self.window):
+            return False
+        recent = losses[-self.window:].mean()
+        before = losses[-2 * self.window:-self.window].mean()
+        scale = max(float(np.ptp(losses)), 1e-12)
+        return (before - recent) / (scale * self.window) < self.tol

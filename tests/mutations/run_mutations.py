@@ -1,0 +1,165 @@
+"""Plant known bugs one at a time in a copy of the tree and check that the test suite catches each.
+
+    python tests/mutations/run_mutations.py [--only NAME ...] [--report tests/mutations/REPORT.md]
+
+Each mutation in ``MUTATIONS`` names a file, an exact snippet and its replacement (a bug that once survived the
+suite, or one planted to probe a module), and the tests that must then fail. The script copies the tracked tree
+(plus the built extension) into a temporary folder, applies one mutation, runs those tests there with
+``PYTHONPATH`` pointing at the copy, and records "killed" (the tests failed) or "SURVIVED". The working tree is
+never modified. Mutations that only a GPU can see are listed with ``needs="cuda"`` and reported as skipped on a
+CPU-only machine, with the check that catches them on a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: Sequence[str]
+    why: str
+    needs: Optional[str] = None
+
+
+MUTATIONS = [
+    Mutation("hyperelastic-area-axis", "idir_fast/core/objectives.py",
+             "area = torch.clamp((cof ** 2).sum(dim=1) - 1.0", "area = torch.clamp((cof ** 2).sum(dim=2) - 1.0",
+             ["tests/test_metrics_closed_form.py"], "area term summed over the rows of cof(J) instead of its columns"),
+    Mutation("jacdet-half-gradient", "idir_fast/registration.py",
+             "determinant(u[1:4].permute(1, 2, 0).double() + eye)",
+             "determinant(0.5 * u[1:4].permute(1, 2, 0).double() + eye)",
+             ["tests/test_metrics_closed_form.py"], "JacDet computed with ∂u × 0.5"),
+    Mutation("zero-displacement-field", "idir_fast/registration.py",
+             "yield start, moved - (x @ n2w[:3, :3].T + n2w[:3, 3])",
+             "yield start, 0.0 * (moved - (x @ n2w[:3, :3].T + n2w[:3, 3]))",
+             ["tests/test_world_space.py"],
+             "the written 0Warp is all zeros"),
+    Mutation("bending-cross-weight", "idir_fast/core/objectives.py",
+             "return (diagonal + 2.0 * sq[..., 3:6].sum(-1)).sum(-1).mean()",
+             "return (diagonal + 1.0 * sq[..., 3:6].sum(-1)).sum(-1).mean()",
+             ["tests/test_objectives.py"], "bending cross terms weighted 1 instead of 2"),
+    Mutation("ncc-ddof", "idir_fast/core/objectives.py",
+             'ddof = 1 if compat == "idir-2022" and n > 1 else 0\n        var_f',
+             'ddof = 1 if n > 1 else 0\n        var_f', ["tests/test_objectives.py"],
+             "NCC always with N−1 standard deviations"),
+    Mutation("stream-second-derivative", "idir_fast/ops/siren_streams.py",
+             "term = q * (zi[a] * zi[b])", "term = 0.5 * q * (zi[a] * zi[b])", ["tests/test_torch_streams.py"],
+             "the q z_a z_b term of the Hessian streams halved"),
+    Mutation("cpu-kernel-adjoint", "csrc/sine_streams_cpu.cpp", "g0 += q * zi[i] * gai;", "g0 += zi[i] * gai;",
+             ["tests/test_torch_streams.py"], "the fused CPU adjoint drops q in z̄ (needs a rebuild of _C)",
+             needs="build"),
+    Mutation("triton-adjoint", "idir_fast/kernels/siren_streams.py", "g0 += q * (z1 * ga1 + z2 * ga2 + z3 * ga3)",
+             "g0 += (z1 * ga1 + z2 * ga2 + z3 * ga3)", ["tests/test_triton_kernels.py::test_kernels_match_torch_streams_and_reference"],
+             "the Triton adjoint kernel drops q in z̄"),
+    Mutation("int32-stream-offsets", "idir_fast/kernels/siren_streams.py", "return N.to(tl.int64) * M",
+             "return N * M", ["tests/test_triton_kernels.py::test_stream_offsets_are_64_bit_where_int32_would_wrap"],
+             "32-bit stream offsets"),
+    Mutation("trilinear-border", "idir_fast/core/sampling.py",
+             "torch.clamp(torch.floor(c), max=float(hi - 1))", "torch.floor(c)", ["tests/test_sampling.py"],
+             "the last voxel plane's cell not clamped"),
+    Mutation("bending-host-tensor", "idir_fast/core/objectives.py",
+             "    sq = H6 * H6\n", "    sq = H6 * H6 * torch.tensor(1.0, dtype=H6.dtype, device=H6.device)\n",
+             ["tests/test_gpu_safety.py::test_every_step_is_capture_safe"],
+             "a tensor built from host data inside the step (breaks CUDA-graph capture)"),
+    Mutation("cuda-half-warp-partials", "csrc/sample_ncc.cu", "", "", [],
+             "the CUDA kernel's second reduction stage reads half the warp partials", needs="cuda"),
+]
+
+
+def _copy_tree(dst: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if src.is_file() and not src.is_symlink():
+            target = dst / f
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+    for so in glob.glob(str(ROOT / "idir_fast" / "_C*.so")):
+        shutil.copy2(so, dst / "idir_fast")
+    (dst / "kernels").symlink_to("idir_fast/kernels")
+
+
+def run_one(m: Mutation, shared: Optional[Path]) -> dict:
+    if m.needs == "cuda":
+        return {"name": m.name, "result": "skipped (needs a GPU)", "why": m.why,
+                "caught_by": "tests/test_csrc_sample_ncc.py on CUDA; idir-fast doctor --gpu-acceptance (CUDA op vs "
+                             "CPU op)"}
+    with tempfile.TemporaryDirectory(prefix="mutant-") as d:
+        tree = Path(d) / "main"
+        _copy_tree(tree)
+        if shared is not None:
+            (Path(d) / "shared").symlink_to(shared)
+        path = tree / m.file
+        text = path.read_text()
+        if m.old not in text:
+            return {"name": m.name, "result": "NOT APPLIED (snippet not found)", "why": m.why}
+        if m.name != "baseline":
+            path.write_text(text.replace(m.old, m.new, 1))
+        if m.needs == "build":
+            b = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, capture_output=True,
+                               text=True)
+            if b.returncode:
+                return {"name": m.name, "result": "NOT APPLIED (build failed)", "why": m.why}
+        env = dict(os.environ, PYTHONPATH=str(tree), IDIR_FAST_STRICT_SKIPS="0")
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
+                              cwd=tree, env=env, capture_output=True, text=True, timeout=1800)
+        last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-200:]
+        if m.name == "baseline":
+            return {"name": m.name, "result": "FAILS UNMUTATED" if proc.returncode else "passes", "why": m.why,
+                    "caught_by": " ".join(m.tests), "pytest": last}
+        return {"name": m.name, "result": "killed" if proc.returncode else "SURVIVED", "why": m.why,
+                "caught_by": " ".join(m.tests), "pytest": last}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", help="mutation names")
+    ap.add_argument("--report", default=str(ROOT / "tests" / "mutations" / "REPORT.md"))
+    a = ap.parse_args(argv)
+    shared = ROOT.parent / "shared"
+    rows = []
+    tests = sorted({t for m in MUTATIONS if m.needs is None for t in m.tests})
+    base = run_one(Mutation("baseline", MUTATIONS[0].file, "", "", tests, "no mutation: the same tests must pass"),
+                   shared if shared.is_dir() else None)
+    print(f"{base['result']:>30}  baseline ({base.get('pytest', '')})", flush=True)
+    if base["result"] != "passes":
+        print("the tests fail without a mutation: fix that first", file=sys.stderr)
+        return 2
+    rows.append(base)
+    for m in MUTATIONS:
+        if a.only and m.name not in a.only:
+            continue
+        r = run_one(m, shared if shared.is_dir() else None)
+        print(f"{r['result']:>30}  {m.name}: {m.why}", flush=True)
+        rows.append(r)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    lines = [f"# Planted mutations ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit})", "",
+             "`python tests/mutations/run_mutations.py` — each bug planted alone in a copy of the tree.", "",
+             "| mutation | planted bug | result | caught by |", "|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['why']} | {r['result']} | {r.get('caught_by', '')} |" for r in rows]
+    if not a.only:
+        Path(a.report).write_text("\n".join(lines) + "\n")
+    survived = [r for r in rows if r["result"] in ("SURVIVED",) or r["result"].startswith("NOT APPLIED")]
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
