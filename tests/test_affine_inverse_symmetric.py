@@ -184,3 +184,37 @@ def test_moving_mask_keeps_an_unmasked_structure_from_pulling_the_registration()
     assert masked.metrics["tre"]["mean"] < 0.4 * before, masked.metrics["tre"]
     with pytest.raises(idir_fast.InputError, match="'moving_mask' must have the fixed image's size"):
         idir_fast.register(image(fixed), image(moving), moving_mask=image(np.ones((5, 5, 5)), np.uint8), **kw)
+
+
+def test_cli_and_cohort_take_the_new_inputs_and_flag_doubtful_pairs(affine_case, tmp_path):
+    """--moving-mask, --initial-transform, --write-inverse, --symmetric on the command line; the manifest's optional
+    moving_mask/initial_transform columns; the cohort summary's doubtful flag from the consistency map."""
+    from idir_fast.apps.cli import main
+
+    p, A, moving, _ = affine_case
+    d = tmp_path / "in"
+    d.mkdir()
+    for name, img in (("f", p.fixed), ("m", moving), ("mask", p.mask)):
+        sitk.WriteImage(img, str(d / f"{name}.nii.gz"))
+    mm = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    mm.CopyInformation(moving)
+    sitk.WriteImage(mm, str(d / "mm.nii.gz"))
+    write_transform(A, d / "start.mat")
+    fast = ["--epochs", "3", "--batch-size", "200", "--hidden", "16", "--no-progress"]
+    rc = main(["register", str(d / "f.nii.gz"), str(d / "m.nii.gz"), "--mask", str(d / "mask.nii.gz"), "--out",
+               str(tmp_path / "r_"), "--moving-mask", str(d / "mm.nii.gz"), "--initial-transform",
+               str(d / "start.mat"), "--write-inverse", *fast])
+    assert rc == 0
+    rep = json.loads((tmp_path / "r_report.json").read_text())
+    np.testing.assert_allclose(np.array(rep["settings"]["world_affine"]), A, atol=1e-9)
+    assert (tmp_path / "r_0InverseWarp.nii.gz").exists() and (tmp_path / "r_Affine.mat").exists()
+    assert "inverse_consistency" in rep["metrics"]
+    (d / "manifest.csv").write_text("pair_id,fixed,moving,mask,moving_mask,initial_transform\n"
+                                    "a,f.nii.gz,m.nii.gz,mask.nii.gz,mm.nii.gz,start.mat\n")
+    out = tmp_path / "cohort"
+    rc = main(["cohort", str(d / "manifest.csv"), "--out", str(out), "--symmetric", "--consistency-flag-mm",
+               "0.000001", *fast])
+    summary = json.loads((out / "summary.json").read_text())
+    assert rc == 0 and summary["doubtful"] == ["a"] and summary["pairs"][0]["doubtful"] is True
+    assert summary["pairs"][0]["consistency_p95_mm"] > 0
+    assert (out / "a" / "Consistency.nii.gz").exists() and (out / "a" / "0InverseWarp.nii.gz").exists()

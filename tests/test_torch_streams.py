@@ -102,7 +102,7 @@ def test_hand_written_backward_equals_autograd(order, hidden, n):
 # ------------------------------------------------------------------------ the compiled CPU stream kernels
 from idir_fast.ops import siren_streams as _ops  # noqa: E402
 
-needs_fused = pytest.mark.skipif(not _ops.fused_available(torch.zeros(1, 3)),
+needs_fused = pytest.mark.skipif(not _ops.fused_available(torch.zeros(1, 3), [torch.zeros(16, 3)]),
                                  reason="compiled extension without the stream kernels")
 
 

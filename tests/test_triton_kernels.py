@@ -50,12 +50,14 @@ def test_kernels_match_torch_streams_and_reference(order, hidden, n, dtype):
     g_tri = torch.autograd.grad((u_tri * up).sum(), params)
     g_ref = torch.autograd.grad((u_ref * up.double()).sum(), params)
     tol = TOL[dtype]
-    assert rel_err(u_tri.double(), u_ref) < tol["out"], f"outputs (seed {seed}): {rel_err(u_tri.double(), u_ref):.3g}"
+    for k in range(u_ref.shape[0]):  # each stream (value, ∂, ∂²) against its own scale, not the Hessian's ~ω²
+        err = rel_err(u_tri[k].double(), u_ref[k])
+        assert err < tol["out"], f"stream {k} (seed {seed}): {err:.3g}"
     for i, (a, b) in enumerate(zip(g_tri, g_ref)):
         assert rel_err(a.double(), b) < tol["grad"], f"parameter {i} (seed {seed}): {rel_err(a.double(), b):.3g}"
 
 
-@pytest.mark.parametrize("regularizer", ["jacobian", "bending"])
+@pytest.mark.parametrize("regularizer", list(objectives.REGULARIZERS), ids=lambda r: r or "none")
 def test_triton_backend_equals_autograd_reference_on_the_objective(regularizer):
     dtype = torch.float64 if DEVICE.type == "cpu" else torch.float32
     siren, seed = _fresh((32, 32, 32), 16.0, dtype)
@@ -65,7 +67,7 @@ def test_triton_backend_equals_autograd_reference_on_the_objective(regularizer):
     out = []
     for backend in ("triton", "reference"):
         d = derivatives(backend, siren, x, order)
-        loss = d.phi.square().sum() + objectives.regularization(regularizer, d.J, d.H6)
+        loss = d.phi.square().sum() + objectives.regularization(regularizer, d.J, d.H6).to(d.phi.dtype)
         out.append((d, loss, torch.autograd.grad(loss, siren.parameter_list())))
     (d1, l1, g1), (d2, l2, g2) = out
     tol = TOL[dtype]

@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write {prefix}Transform.h5, an ITK DisplacementFieldTransform")
     r.add_argument("--figures", action="store_true",
                    help="also write PNG figures: cumulative TRE, det J on a slice, loss curves")
+    r.add_argument("--moving-mask", help="mask on the moving image: only points mapped inside it count in the "
+                                         "similarity (e.g. to leave out a structure present in one image only)")
+    r.add_argument("--initial-transform", help="starting fixed → moving transform: an ITK .tfm/.txt/.h5 or ANTs .mat "
+                                               "file (linear); with --affine auto the affine stage starts from it")
+    r.add_argument("--write-inverse", action="store_true",
+                   help="also write {prefix}0InverseWarp (moving → fixed, on the moving grid; always written with "
+                        "--symmetric) and report the inverse-consistency error")
     r.add_argument("--fixed-landmarks", help="landmark file of the fixed image (3 numbers per row)")
     r.add_argument("--moving-landmarks", help="corresponding landmarks of the moving image")
     r.add_argument("--landmarks-frame", default="world", choices=("world", "index0", "index1"),
@@ -79,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "register them and print initial/final TRE against the exact ground truth.")
     d.add_argument("--out", default="idir_fast_demo", help="output folder (default: %(default)s)")
     d.add_argument("--full", action="store_true",
-                   help="use the paper's full settings (3×256, 10,000 points, 2500 epochs) even on a CPU")
+                   help="the paper's schedule (3×256, 10,000 points × 2500 steps; about an hour on a 2-core CPU) on a "
+                        "larger phantom, instead of the package defaults")
     d.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     d.add_argument("--backend", default="auto", choices=("auto",) + backends.names(), help="compute backend")
@@ -105,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     co = sub.add_parser("cohort", help="register every pair of a manifest CSV into its own folder (resumable)",
                         description="Register a cohort: MANIFEST.csv has columns pair_id,fixed,moving and optionally "
-                                    "mask,fixed_landmarks,moving_landmarks (world mm; paths relative to the "
+                                    "mask,fixed_landmarks,moving_landmarks (world mm),moving_mask,initial_transform (paths relative to the "
                                     "manifest). Each pair writes DIR/<pair_id>/ atomically; rerunning skips "
                                     "completed pairs; failures are recorded in DIR/summary.csv and the others go "
                                     "on. One run at a time per output folder (a lock); a rerun with other "
@@ -189,8 +197,10 @@ def cmd_register(a) -> int:
                       ImageGeometry.from_sitk(fixed))
         ml = to_world(read_points(a.moving_landmarks, "--moving-landmarks"), a.landmarks_frame,
                       ImageGeometry.from_sitk(moving))
-    reg = register(fixed, moving, a.mask, fixed_landmarks=fl, moving_landmarks=ml, **_engine_kwargs(a))
-    outputs = reg.save(prefix, field_format=a.format, itk_transform=a.itk_transform, figures=a.figures)
+    reg = register(fixed, moving, a.mask, fixed_landmarks=fl, moving_landmarks=ml, moving_mask=a.moving_mask,
+                   initial_transform=a.initial_transform, **_engine_kwargs(a))
+    outputs = reg.save(prefix, field_format=a.format, itk_transform=a.itk_transform, figures=a.figures,
+                       write_inverse=a.write_inverse)
     _summarise(reg, outputs)
     return 0
 
@@ -210,6 +220,14 @@ def _summarise(reg, outputs) -> None:
     if "folding" in m:
         print(f"\nfolding: {m['folding']['count']} voxel(s) with det J ≤ 0 "
               f"({100 * m['folding']['fraction']:.3f} % of {m['folding']['voxels']})")
+    if "inverse_consistency" in m:
+        ic = m["inverse_consistency"]
+        print(f"inverse: ‖Φ(Φ⁻¹(y)) − y‖ mean {ic['mean_mm']:.3g} mm, p95 {ic['p95_mm']:.3g}, max {ic['max_mm']:.3g}; "
+              f"not converged {100 * ic['not_converged_fraction']:.2f} %")
+    if "consistency" in m:
+        c = m["consistency"]
+        print(f"cycle consistency: mean {c['mean_mm']:.2f} mm, p95 {c['p95_mm']:.2f} mm"
+              + (f" — DOUBTFUL (p95 > {c['flag_mm']} mm): look at the Consistency map" if c["flagged"] else ""))
     for k, v in outputs.items():
         print(f"  {k:9s} {v}")
 
@@ -228,20 +246,15 @@ def cmd_demo(a) -> int:
     dev = resolve_device(a.device)
     out = ensure_folder(a.out, "--out")
     full = a.full or dev.type == "cuda"
-    if full:
-        settings = dict(hidden=(256, 256, 256), batch_size=10_000, epochs=2500)
-        size, spacing = (128, 112, 96), (2.0, 2.0, 2.0)
-    else:
-        settings = dict(hidden=(128, 128, 128), batch_size=4000, epochs=300)
-        size, spacing = (80, 72, 64), (3.0, 3.0, 3.0)
+    settings = dict(schedule="paper") if a.full else {}
+    size, spacing = ((128, 112, 96), (2.0, 2.0, 2.0)) if full else ((80, 72, 64), (3.0, 3.0, 3.0))
     if a.epochs is not None:
         settings["epochs"] = a.epochs
     t0 = time.perf_counter()
+    resolved = RunSettings(device=a.device, **settings).resolved()
     print(f"idir-fast demo: procedural lung phantom {size[0]}×{size[1]}×{size[2]} at {spacing[0]} mm, "
-          "breathing motion up to 15 mm")
-    if not full:
-        print(f"  CPU: reduced settings (SIREN {settings['hidden']}, {settings['batch_size']} points × "
-              f"{settings['epochs']} epochs) to finish in minutes; --full runs the paper's 3×256, 10,000 × 2500")
+          f"breathing motion up to 15 mm; schedule {resolved.schedule} (SIREN {'×'.join(map(str, resolved.hidden))}, "
+          f"{resolved.batch_size} points, {resolved.epochs} steps" + ("" if a.full else "; --full: the paper's") + ")")
     pair = phantom_pair(size, spacing)
     write_image(pair.fixed, out / "fixed.nii.gz")
     write_image(pair.moving, out / "moving.nii.gz")
@@ -327,6 +340,8 @@ def cmd_cohort(a) -> int:
     print()
     _print_table(rows, ["pair", "status", "TRE before", "TRE after", "folded", "s", "error"])
     print(f"\n{summary['completed']} completed, {summary['failed']} failed; summary in {a.out}/summary.csv")
+    if summary.get("doubtful"):
+        print(f"doubtful (cycle consistency p95 above the flag): {', '.join(summary['doubtful'])}")
     if summary["failed"]:
         print(f"idir-fast cohort: {summary['failed']} pair(s) failed (exit status {EXIT_PAIRS_FAILED}); their errors "
               "are in summary.csv", file=sys.stderr)

@@ -59,7 +59,7 @@ class Backend:
 def _torch_derivatives(params, omega, x, order, precision=None):
     from ..ops.siren_streams import fused_available, siren_streams, siren_streams_fused
 
-    streams = siren_streams_fused if fused_available(x) else siren_streams
+    streams = siren_streams_fused if fused_available(x, params) else siren_streams
     return derivatives_from_streams(x, streams(params, omega, x, order), order)
 
 

@@ -169,14 +169,21 @@ class _CpuStreamsFunction(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
-def fused_available(x: torch.Tensor) -> bool:
-    """Whether :func:`siren_streams_fused` runs for points ``x`` (CPU tensors and the compiled op built with its
-    stream kernels)."""
+FUSED_MAX_ELEMENTS = 600_000
+"""Points × widest layer up to which the fused CPU kernels are faster than PyTorch's per-stream ops (measured on
+the 2-core development machine: 1.4× at 1,500 × 48, 1.2× at 2,000 × 256, 0.91× at 8,000 × 128, 0.74× at
+10,000 × 256 — beyond the caches, PyTorch's stream-by-stream passes reuse data the single fused pass cannot)."""
+
+
+def fused_available(x: torch.Tensor, params: Sequence[torch.Tensor] = ()) -> bool:
+    """Whether :func:`siren_streams_fused` runs, and pays, for points ``x`` (CPU tensors, the compiled op built with
+    its stream kernels, and a problem small enough: :data:`FUSED_MAX_ELEMENTS`)."""
     from .sample_ncc import extension
 
     ext = extension()
+    widest = max((int(w.shape[0]) for w in params[0:-2:2]), default=0)
     return (x.device.type == "cpu" and ext is not None and hasattr(ext, "sine_streams_forward")
-            and x.dtype in (torch.float32, torch.float64))
+            and x.dtype in (torch.float32, torch.float64) and x.shape[0] * widest <= FUSED_MAX_ELEMENTS)
 
 
 def siren_streams_fused(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor, order: int) -> torch.Tensor:
