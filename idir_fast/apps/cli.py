@@ -404,27 +404,24 @@ COMMANDS = {"register": cmd_register, "demo": cmd_demo, "bench": cmd_bench, "rep
             "dirlab": cmd_dirlab, "cohort": cmd_cohort, "doctor": cmd_doctor}
 
 
+# exception → (what the message says, exit status): the one table of the command's failure modes
+FAILURES = ((InputError, "error", EXIT_INPUT), (BackendError, "error", EXIT_INPUT),
+            (DivergenceError, "diverged", EXIT_DIVERGED), (OutputError, "output error", EXIT_OUTPUT))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except InputError as err:
-        print(f"idir-fast {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_INPUT
-    except BackendError as err:
-        print(f"idir-fast {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_INPUT
     except MemoryError:
         print(f"idir-fast {args.command}: error: out of memory (the estimate before the run did not foresee it); "
               "use smaller images, --batch-size or --hidden", file=sys.stderr)
         return EXIT_INPUT
-    except DivergenceError as err:
-        print(f"idir-fast {args.command}: diverged: {err}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except OutputError as err:
-        print(f"idir-fast {args.command}: output error: {err}", file=sys.stderr)
-        return EXIT_OUTPUT
+    except tuple(kind for kind, _, _ in FAILURES) as err:
+        label, status = next((lab, st) for kind, lab, st in FAILURES if isinstance(err, kind))
+        print(f"idir-fast {args.command}: {label}: {err}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -45,15 +45,16 @@ from ..io.outputs import verify_output_set
 from ..settings import RunSettings, with_setting_parameters
 
 REQUIRED = ("pair_id", "fixed", "moving")
-OPTIONAL = ("mask", "fixed_landmarks", "moving_landmarks")
+OPTIONAL = ("mask", "fixed_landmarks", "moving_landmarks", "moving_mask", "initial_transform")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_PAIR_ID = 100
 """Longest pair id: it names a folder, and its temporary folder adds ~20 characters."""
 LOCK_NAME = ".idir_fast-cohort.lock"
 SUMMARY_NAMES = ("summary.csv", "summary.json")
 RESERVED_IDS = {n.lower() for n in SUMMARY_NAMES}
-SUMMARY_FIELDS = ("pair_id", "status", "error", "tre_before_mean", "tre_after_mean", "tre_after_p95",
-                  "folded_voxels", "sdlogj", "seconds", "ms_per_epoch", "backend", "device", "settings_hash")
+SUMMARY_FIELDS = ("pair_id", "status", "error", "doubtful", "tre_before_mean", "tre_after_mean", "tre_after_p95",
+                  "folded_voxels", "sdlogj", "consistency_p95_mm", "seconds", "ms_per_epoch", "backend", "device",
+                  "settings_hash")
 EXIT_OK, EXIT_PAIRS_FAILED = 0, 1
 
 
@@ -66,6 +67,8 @@ class Pair:
     fixed_landmarks: Optional[str] = None
     moving_landmarks: Optional[str] = None
     extra: Dict[str, str] = field(default_factory=dict)
+    moving_mask: Optional[str] = None
+    initial_transform: Optional[str] = None
 
 
 # ------------------------------------------------------------------------------------------------ manifest
@@ -84,7 +87,8 @@ def check_pair_id(pid: str, where: str) -> None:
 
 
 def read_manifest(path: Union[str, os.PathLike]) -> List[Pair]:
-    """Read and check a manifest CSV (header ``pair_id,fixed,moving[,mask,fixed_landmarks,moving_landmarks]``).
+    """Read and check a manifest CSV (header ``pair_id,fixed,moving[,mask,fixed_landmarks,moving_landmarks,
+    moving_mask,initial_transform]``).
 
     The file must be UTF-8 text. Relative paths are taken relative to the manifest's folder. Missing columns, a
     row with more fields than the header, empty, duplicate, reserved or over-long pair ids and ids that cannot be
@@ -136,7 +140,9 @@ def read_manifest(path: Union[str, os.PathLike]) -> List[Pair]:
             raise InputError(f"'manifest': {p.name} line {line}: pair {pid!r} needs both landmark files or none")
         pairs.append(Pair(pid, resolve(row["fixed"]), resolve(row["moving"]), resolve(row.get("mask")),
                           resolve(lm[0]), resolve(lm[1]),
-                          {k: v for k, v in row.items() if k not in REQUIRED + OPTIONAL}))
+                          {k: v for k, v in row.items() if k not in REQUIRED + OPTIONAL},
+                          moving_mask=resolve(row.get("moving_mask")),
+                          initial_transform=resolve(row.get("initial_transform"))))
     return pairs
 
 
@@ -222,6 +228,7 @@ def run_pair(pair: Pair, out_dir: str, settings: RunSettings, options: Optional[
     import torch
 
     from ..api import register
+    from ..io.files import pause_for_tests
 
     t0 = time.perf_counter()
     final = Path(out_dir) / pair.pair_id
@@ -234,12 +241,14 @@ def run_pair(pair: Pair, out_dir: str, settings: RunSettings, options: Optional[
         lm = {}
         if pair.fixed_landmarks:
             lm = dict(fixed_landmarks=pair.fixed_landmarks, moving_landmarks=pair.moving_landmarks)
-        reg = register(pair.fixed, pair.moving, pair.mask, **lm, settings=settings, progress=False)
+        reg = register(pair.fixed, pair.moving, pair.mask, **lm, moving_mask=pair.moving_mask,
+                       initial_transform=pair.initial_transform, settings=settings, progress=False)
         tmp = tempfile.mkdtemp(prefix=f".{pair.pair_id}.tmp-{os.getpid()}-", dir=out_dir)
         honour_umask(tmp, folder=True)
         extra = {"cohort": {"pair_id": pair.pair_id, "settings_hash": options.get("settings_hash"),
                             "settings_requested": options.get("settings_fingerprint")}}
         reg.save(os.path.join(tmp, ""), figures=bool(options.get("figures")), report_extra=extra)
+        pause_for_tests("cohort-pair-saved")  # the pair is whole in its temporary folder, not yet renamed
         if final.exists():  # redone (--force, or incomplete): move the old folder aside, then swap
             aside = tempfile.mkdtemp(prefix=f".{pair.pair_id}.old-{os.getpid()}-", dir=out_dir)
             os.replace(final, os.path.join(aside, "old"))
@@ -274,13 +283,16 @@ def _row_from_report(folder: Path) -> dict:
             "tre_after_p95": m.get("tre", {}).get("p95"), "folded_voxels": m.get("folding", {}).get("count"),
             "sdlogj": m.get("sdlogj"), "seconds": t.get("total_s"), "ms_per_epoch": t.get("ms_per_epoch"),
             "backend": s.get("backend"), "device": s.get("device"),
-            "settings_hash": rep.get("cohort", {}).get("settings_hash")}
+            "settings_hash": rep.get("cohort", {}).get("settings_hash"),
+            "consistency_p95_mm": m.get("consistency", {}).get("p95_mm"),
+            "doubtful": m.get("consistency", {}).get("flagged")}
 
 
 def _summary(rows: List[dict], run_hash: str) -> dict:
     rows = sorted(rows, key=lambda r: r["pair_id"])
     failed = sum(r["status"] == "failed" for r in rows)
     return {"pairs": rows, "completed": sum(r["status"] == "ok" for r in rows), "failed": failed,
+            "doubtful": sorted(r["pair_id"] for r in rows if r.get("doubtful")),
             "exit_status": EXIT_PAIRS_FAILED if failed else EXIT_OK, "settings_hash": run_hash}
 
 

@@ -12,8 +12,10 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -143,6 +145,17 @@ def writing(path: Union[str, os.PathLike]):
         raise output_error(path, err) from None
 
 
+# ------------------------------------------------------------------------------------------- test hook
+def pause_for_tests(point: str) -> None:
+    """Kill tests' hook: with ``IDIR_FAST_TEST_PAUSE=<point>:<seconds>`` a save announces ``<point>`` on stderr and
+    sleeps there (points: atomic-write, output-set-file, output-set-commit, output-set-renames, cohort-pair-saved);
+    unset, it does nothing."""
+    spec = os.environ.get("IDIR_FAST_TEST_PAUSE")
+    if spec and spec.rpartition(":")[0] == point:
+        print(f"IDIR_FAST_TEST_PAUSE reached {point} (pid {os.getpid()})", file=sys.stderr, flush=True)
+        time.sleep(float(spec.rpartition(":")[2]))
+
+
 # ------------------------------------------------------------------------------------------- atomic writes
 def split_extension(path: Union[str, os.PathLike]) -> tuple:
     """``'a/b.nii.gz'`` → ``('a/b', '.nii.gz')``."""
@@ -201,6 +214,7 @@ def atomic_path(path: Union[str, os.PathLike], verify: Optional[Callable[[str], 
     tmp = temporary_path(path)
     try:
         yield tmp
+        pause_for_tests("atomic-write")  # written under the temporary name, not yet renamed
         commit_file(tmp, path, verify)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -32,8 +32,8 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import SimpleITK as sitk
 
 from ..errors import OutputError
-from .files import (commit_file, fsync_folder, json_bytes, output_error, output_names, remove_dead_temporaries,
-                    temporary_path, write_bytes_to)
+from .files import (commit_file, fsync_folder, json_bytes, output_error, output_names, pause_for_tests,
+                    remove_dead_temporaries, temporary_path, write_bytes_to)
 from .images import image_run_id, run_id_metadata, write_image_to
 
 
@@ -120,6 +120,8 @@ class OutputSet:
     def _reserve(self, kind: str, name: str) -> str:
         if kind in self.pending:
             raise ValueError(f"output kind {kind!r} added twice")
+        if self.pending:
+            pause_for_tests("output-set-file")  # some files of the set written (temporary names), others not yet
         tmp = temporary_path(self.final(name))
         self.pending[kind] = (name, tmp)
         return tmp
@@ -193,6 +195,7 @@ class OutputSet:
             report["temporary_files_removed"] = self.cleaned
         report_tmp = self._reserve("report", "report.json")
         write_bytes_to(report_tmp, json_bytes(report), self.final("report.json"))
+        pause_for_tests("output-set-commit")  # every file written under its temporary name, nothing renamed yet
         # commit: no report may describe a mixed set, so the old one goes first and the new one comes last
         old_report = self.final("report.json")
         try:
@@ -207,6 +210,7 @@ class OutputSet:
                 continue
             out[kind] = commit_file(tmp, self.final(name))
             del self.pending[kind]
+            pause_for_tests("output-set-renames")  # some files renamed into place, the report not yet
         out["report"] = commit_file(report_tmp, self.final("report.json"))
         del self.pending["report"]
         for fname in ours:

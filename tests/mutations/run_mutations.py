@@ -3,7 +3,8 @@
     python tests/mutations/run_mutations.py [--only NAME ...] [--report tests/mutations/REPORT.md]
 
 Each mutation in ``MUTATIONS`` names a file, an exact snippet and its replacement (a bug that once survived the
-suite, or one planted to probe a module), and the tests that must then fail. The script copies the tracked tree
+suite, or one planted to probe a module; ``also`` holds further snippet/replacement pairs of one bug that spans
+several places), and the tests that must then fail. The script copies the tracked tree
 (plus the built extension) into a temporary folder, applies one mutation, runs those tests there with
 ``PYTHONPATH`` pointing at the copy, and records "killed" (the tests failed) or "SURVIVED". The working tree is
 never modified. Mutations that only a GPU can see are listed with ``needs="cuda"`` and reported as skipped on a
@@ -21,7 +22,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +36,26 @@ class Mutation:
     tests: Sequence[str]
     why: str
     needs: Optional[str] = None
+    also: Sequence[Tuple[str, str, str]] = ()  # (file, old, new): more edits of the same bug
 
+
+# The cohort's save of one pair: into a temporary folder, then renamed into place (and the plant that skips both).
+_COHORT_SWAP = """\
+        reg.save(os.path.join(tmp, ""), figures=bool(options.get("figures")), report_extra=extra)
+        pause_for_tests("cohort-pair-saved")  # the pair is whole in its temporary folder, not yet renamed
+        if final.exists():  # redone (--force, or incomplete): move the old folder aside, then swap
+            aside = tempfile.mkdtemp(prefix=f".{pair.pair_id}.old-{os.getpid()}-", dir=out_dir)
+            os.replace(final, os.path.join(aside, "old"))
+        os.replace(tmp, final)  # the pair appears whole or not at all
+        tmp = None
+"""
+_COHORT_DIRECT = """\
+        final.mkdir(exist_ok=True)
+        reg.save(os.path.join(final, ""), figures=bool(options.get("figures")), report_extra=extra)
+        pause_for_tests("cohort-pair-saved")  # the pair is whole in its temporary folder, not yet renamed
+"""
+_COHORT_RESUME_OLD = '            if not (folder / "report.json").is_file():\n'
+_COHORT_RESUME_NEW = '            if not folder.is_dir():\n'
 
 MUTATIONS = [
     Mutation("hyperelastic-area-axis", "idir_fast/core/objectives.py",
@@ -61,9 +81,13 @@ MUTATIONS = [
     Mutation("stream-second-derivative", "idir_fast/ops/siren_streams.py",
              "term = q * (zi[a] * zi[b])", "term = 0.5 * q * (zi[a] * zi[b])", ["tests/test_torch_streams.py"],
              "the q z_a z_b term of the Hessian streams halved"),
-    Mutation("cpu-kernel-adjoint", "csrc/sine_streams_cpu.cpp", "g0 += q * zi[i] * gai;", "g0 += zi[i] * gai;",
-             ["tests/test_torch_streams.py"], "the fused CPU adjoint drops q in z̄ (needs a rebuild of _C)",
-             needs="build"),
+    Mutation("cpu-kernel-adjoint", "csrc/sine_streams_cpu.cpp",
+             "g0[j] = c[j] * g0in[j] + q * (z1[j] * b1[j] + z2[j] * b2[j] + z3[j] * b3[j]);",
+             "g0[j] = c[j] * g0in[j] + (z1[j] * b1[j] + z2[j] * b2[j] + z3[j] * b3[j]);",
+             ["tests/test_torch_streams.py"], "the fused CPU adjoint drops q in z̄, order 1 and 2 (needs a rebuild "
+             "of _C)", needs="build",
+             also=[("csrc/sine_streams_cpu.cpp", "T h0 = c[j] * g0in[j] + q * (x1 * b1[j] + x2 * b2[j] + x3 * b3[j]);",
+                    "T h0 = c[j] * g0in[j] + (x1 * b1[j] + x2 * b2[j] + x3 * b3[j]);")]),
     Mutation("triton-adjoint", "idir_fast/kernels/siren_streams.py", "g0 += q * (z1 * ga1 + z2 * ga2 + z3 * ga3)",
              "g0 += (z1 * ga1 + z2 * ga2 + z3 * ga3)", ["tests/test_triton_kernels.py::test_kernels_match_torch_streams_and_reference"],
              "the Triton adjoint kernel drops q in z̄"),
@@ -77,6 +101,36 @@ MUTATIONS = [
              "    sq = H6 * H6\n", "    sq = H6 * H6 * torch.tensor(1.0, dtype=H6.dtype, device=H6.device)\n",
              ["tests/test_gpu_safety.py::test_every_step_is_capture_safe"],
              "a tensor built from host data inside the step (breaks CUDA-graph capture)"),
+    Mutation("atomic-path-direct-write", "idir_fast/io/files.py",
+             "    tmp = temporary_path(path)\n    try:\n        yield tmp\n",
+             "    tmp = os.fspath(path)\n    try:\n        yield tmp\n",
+             ["tests/test_failures_kill.py::test_atomic_path_shows_nothing_under_the_final_name_until_the_write_completes",
+              "tests/test_failures_kill.py::test_a_writer_killed_inside_an_atomic_write_leaves_the_previous_file"],
+             "`atomic_path` writes directly to the final name"),
+    Mutation("output-set-report-first", "idir_fast/io/outputs.py",
+             '        out = {}\n        for kind, (name, tmp) in list(self.pending.items()):\n',
+             '        out = {"report": commit_file(report_tmp, self.final("report.json"))}\n'
+             '        for kind, (name, tmp) in list(self.pending.items()):\n',
+             ["tests/test_failures_kill.py::test_register_killed_inside_its_save_leaves_no_half_written_output"
+              "[output-set-renames]",
+              "tests/test_failures_outputs.py::test_a_crash_while_moving_the_set_into_place_leaves_no_report_and_tells"
+              "_the_files_apart"],
+             "the output set renames the report into place before the other files",
+             also=[("idir_fast/io/outputs.py",
+                    '        out["report"] = commit_file(report_tmp, self.final("report.json"))\n'
+                    '        del self.pending["report"]\n',
+                    '        del self.pending["report"]\n')]),
+    Mutation("cohort-pair-direct-write", "idir_fast/apps/cohort.py", _COHORT_SWAP, _COHORT_DIRECT,
+             ["tests/test_failures_kill.py::test_cohort_killed_while_saving_a_pair_then_resumed"],
+             "the cohort writes a pair straight into `runs/<id>`: no temporary folder, no rename"),
+    Mutation("cohort-resume-by-folder", "idir_fast/apps/cohort.py", _COHORT_RESUME_OLD, _COHORT_RESUME_NEW,
+             ["tests/test_failures_kill.py::test_a_pair_folder_without_its_report_is_redone_not_skipped"],
+             "resume judged by the pair folder existing instead of its report"),
+    Mutation("cohort-direct-write-and-resume-by-folder", "idir_fast/apps/cohort.py", _COHORT_SWAP, _COHORT_DIRECT,
+             ["tests/test_failures_kill.py::test_cohort_killed_while_saving_a_pair_then_resumed",
+              "tests/test_failures_kill.py::test_a_pair_folder_without_its_report_is_redone_not_skipped"],
+             "both of the above (issue #16's plant)",
+             also=[("idir_fast/apps/cohort.py", _COHORT_RESUME_OLD, _COHORT_RESUME_NEW)]),
     Mutation("cuda-half-warp-partials", "csrc/sample_ncc.cu", "", "", [],
              "the CUDA kernel's second reduction stage reads half the warp partials", needs="cuda"),
 ]
@@ -106,12 +160,13 @@ def run_one(m: Mutation, shared: Optional[Path]) -> dict:
         _copy_tree(tree)
         if shared is not None:
             (Path(d) / "shared").symlink_to(shared)
-        path = tree / m.file
-        text = path.read_text()
-        if m.old not in text:
-            return {"name": m.name, "result": "NOT APPLIED (snippet not found)", "why": m.why}
-        if m.name != "baseline":
-            path.write_text(text.replace(m.old, m.new, 1))
+        for file, old, new in [(m.file, m.old, m.new), *m.also]:
+            path = tree / file
+            text = path.read_text()
+            if old not in text:
+                return {"name": m.name, "result": f"NOT APPLIED (snippet not found in {file})", "why": m.why}
+            if m.name != "baseline":
+                path.write_text(text.replace(old, new, 1))
         if m.needs == "build":
             b = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, capture_output=True,
                                text=True)
