@@ -1,20 +1,29 @@
 """Autograd over the stream forward vs the hand-written adjoint backward, interleaved in one run.
 
-``python benchmarks/backward_choice.py [POINTS] [HIDDEN]`` — the measurement behind the torch backend's choice.
+``python benchmarks/backward_choice.py [--sizes 1500:48x48x48,…]`` — the measurement behind the torch backend's
+choices: autograd over the PyTorch stream forward, this hand-written adjoint in PyTorch, and the compiled CPU
+kernels (``siren_streams_fused``, whose crossover ``FUSED_MAX_ELEMENTS`` comes from this table). Writes
+``results/backward_choice_<timestamp>.json``.
 The hand-written backward lives here, not in the package: it lost the measurement, and it is the PyTorch
 blueprint of the Triton adjoint kernel (``idir_fast/kernels/siren_streams.py``), tested equal to autograd in
 ``tests/test_torch_streams.py``.
 """
+import argparse
+import datetime as dt
+import json
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from idir_fast.core.derivatives import PAIRS
 from idir_fast.core.siren import Siren
-from idir_fast.ops.siren_streams import _sine_streams, siren_streams
+from idir_fast.environment import machine_info
+from idir_fast.ops.sample_ncc import extension
+from idir_fast.ops.siren_streams import _sine_streams, siren_streams, siren_streams_fused
 
 # Hand-written backward (the adjoints of shared/notes/engine-math.md). The same algebra is what the Triton
 # kernels implement; kept here as their blueprint and measured against autograd over the forward (README).
@@ -112,26 +121,52 @@ def siren_streams_manual(params: Sequence[torch.Tensor], omega: float, x: torch.
 
 
 
-def main(n=10_000, hidden=(256, 256, 256), repeats=7):
+def time_size(n, hidden, repeats=7):
+    """Rows (one per derivative order) of forward+backward times of every contender at one size."""
     torch.manual_seed(0)
     s = Siren(hidden)
     p = s.parameter_list()
     x = torch.rand(n, 3) * 2 - 1
-    print(f"forward+backward of the SIREN streams, {n} points, hidden {hidden}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads (median of {repeats}, interleaved)")
+    contenders = {"autograd": siren_streams, "hand-written": siren_streams_manual}
+    if extension() is not None and hasattr(extension(), "sine_streams_forward"):
+        contenders["fused-cpu"] = siren_streams_fused  # the compiled kernels, whatever the crossover rule says
+    rows = []
     for order in (0, 1, 2):
-        times = {"autograd": [], "manual": []}
+        times = {k: [] for k in contenders}
         for _ in range(repeats):
-            for name, fn in (("autograd", siren_streams), ("manual", siren_streams_manual)):
+            for name, fn in contenders.items():
                 t = time.perf_counter()
                 u = fn(p, s.omega, x, order)
                 torch.autograd.grad((u * u).sum(), p)
                 times[name].append(time.perf_counter() - t)
-        a, m = (1000 * statistics.median(times[k]) for k in ("autograd", "manual"))
-        print(f"order {order}: autograd {a:7.1f} ms   hand-written {m:7.1f} ms   ratio {a / m:.2f}")
+        ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+        rows.append({"points": n, "hidden": list(hidden), "order": order, "median_ms": ms,
+                     "autograd_over": {k: ms["autograd"] / v for k, v in ms.items()}})
+        print(f"{n:>6} pts {'x'.join(map(str, hidden)):>11} order {order}: "
+              + "   ".join(f"{k} {v:7.1f} ms" for k, v in ms.items())
+              + "   (autograd / other: " + ", ".join(f"{k} {ms['autograd'] / v:.2f}" for k, v in ms.items()
+                                                  if k != "autograd") + ")", flush=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1500:48x48x48,2000:256x256x256,8000:128x128x128,10000:256x256x256",
+                    help="POINTS:WxWxW,… (the last is the paper's setting)")
+    ap.add_argument("--repeats", type=int, default=7)
+    a = ap.parse_args()
+    print(f"forward+backward of the SIREN streams, torch {torch.__version__}, {torch.get_num_threads()} threads "
+          f"(median of {a.repeats}, interleaved)")
+    rows = []
+    for size in a.sizes.split(","):
+        n, hidden = size.split(":")
+        rows += time_size(int(n), tuple(int(h) for h in hidden.split("x")), a.repeats)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(__file__).resolve().parent / "results" / f"backward_choice_{stamp}.json"
+    out.write_text(json.dumps({"command": ["benchmarks/backward_choice.py", *sys.argv[1:]],
+                               "machine": machine_info("cpu"), "repeats": a.repeats, "rows": rows}, indent=1) + "\n")
+    print(f"written {out}")
 
 
 if __name__ == "__main__":
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
-    hidden = tuple(int(h) for h in sys.argv[2].split("x")) if len(sys.argv) > 2 else (256, 256, 256)
-    main(n, hidden)
+    main()

@@ -4,7 +4,6 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-import idir_fast
 from idir_fast.core.geometry import ImageGeometry, apply_affine
 from idir_fast.registration import Registration
 from idir_fast.core.siren import Siren

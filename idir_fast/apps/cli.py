@@ -158,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                         + "; ".join(f"{k}: {','.join(v)}" for k, v in backends.DEVICE_PREFERENCE.items()) + ")")
     b.add_argument("--regularizers", default="none,jacobian,hyperelastic,bending",
                    help="comma-separated regularisers (default: %(default)s)")
-    b.add_argument("--sizes", default="10000:256x256x256,2000:128x128x128",
-                   help="comma-separated POINTS:HIDDEN sizes (default: the paper's and a smaller CPU size: "
-                        "%(default)s)")
+    b.add_argument("--sizes", default="10000:256x256x256,2000:128x128x128,1500:48x48x48",
+                   help="comma-separated POINTS:HIDDEN sizes (default: the paper's, a mid size and the CPU "
+                        "default schedule's last stage: %(default)s)")
     b.add_argument("--repeats", type=int, default=5, help="timed steps per configuration (default: %(default)s)")
     b.add_argument("--throughput", type=int, default=0, metavar="PAIRS",
                    help="also measure pairs/hour of register() one at a time vs register_many() with PAIRS pairs")

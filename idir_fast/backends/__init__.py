@@ -57,9 +57,9 @@ class Backend:
 
 # ---------------------------------------------------------------------------------------------- the ops
 def _torch_derivatives(params, omega, x, order, precision=None):
-    from ..ops.siren_streams import fused_available, siren_streams, siren_streams_fused
+    from ..ops.siren_streams import fused_pays, siren_streams, siren_streams_fused
 
-    streams = siren_streams_fused if fused_available(x, params) else siren_streams
+    streams = siren_streams_fused if fused_pays(x, params) else siren_streams
     return derivatives_from_streams(x, streams(params, omega, x, order), order)
 
 
@@ -98,8 +98,8 @@ def _triton_unavailable(device: torch.device) -> Optional[str]:
 BACKENDS: Dict[str, Backend] = {b.name: b for b in (
     Backend("reference", "nested autograd, the paper's method (1/4/13 backward passes for none/J/H)",
             reference.derivatives, reference.similarity, reference.backward_passes, _runs_anywhere),
-    Backend("torch", "analytic derivative streams: PyTorch matrix products, the element-wise stream algebra fused "
-            "in compiled CPU kernels (plain PyTorch elsewhere); sampling + NCC by the compiled op",
+    Backend("torch", "analytic derivative streams: PyTorch matrix products and element-wise ops (the fused CPU "
+            "kernels with IDIR_FAST_CPU_FUSED=1); sampling + NCC by the compiled op",
             _torch_derivatives, _fast_similarity, _one_pass, _runs_anywhere, batchable=True),
     Backend("triton", "fused Triton kernels of the derivative streams (GPU); sampling + NCC by the compiled op",
             _triton_derivatives, _fast_similarity, _one_pass, _triton_unavailable),

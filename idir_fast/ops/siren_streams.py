@@ -16,6 +16,7 @@ per-point constants times ``W_0`` columns. Gradients w.r.t. the parameters come 
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
@@ -169,21 +170,35 @@ class _CpuStreamsFunction(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
-FUSED_MAX_ELEMENTS = 600_000
-"""Points × widest layer up to which the fused CPU kernels are faster than PyTorch's per-stream ops (measured on
-the 2-core development machine: 1.4× at 1,500 × 48, 1.2× at 2,000 × 256, 0.91× at 8,000 × 128, 0.74× at
-10,000 × 256 — beyond the caches, PyTorch's stream-by-stream passes reuse data the single fused pass cannot)."""
+FUSED_MAX_ELEMENTS = 0
+"""Points × widest layer up to which the ``torch`` backend uses the fused CPU kernels: none. Measured on the
+2-core development machine inside the whole optimisation step (``benchmarks/fused_in_step.py``, README
+"Measurements"), they were never faster than PyTorch's per-stream ops (0.77–1.00×), although the stream op alone
+runs faster with them (``benchmarks/backward_choice.py``). ``IDIR_FAST_CPU_FUSED=1`` uses them at every size
+(to measure them on another CPU)."""
+
+ENV_CPU_FUSED = "IDIR_FAST_CPU_FUSED"
 
 
 def fused_available(x: torch.Tensor, params: Sequence[torch.Tensor] = ()) -> bool:
-    """Whether :func:`siren_streams_fused` runs, and pays, for points ``x`` (CPU tensors, the compiled op built with
-    its stream kernels, and a problem small enough: :data:`FUSED_MAX_ELEMENTS`)."""
+    """Whether :func:`siren_streams_fused` can run for points ``x``: CPU tensors of float32/float64 and the
+    compiled op built with its stream kernels."""
     from .sample_ncc import extension
 
     ext = extension()
-    widest = max((int(w.shape[0]) for w in params[0:-2:2]), default=0)
     return (x.device.type == "cpu" and ext is not None and hasattr(ext, "sine_streams_forward")
-            and x.dtype in (torch.float32, torch.float64) and x.shape[0] * widest <= FUSED_MAX_ELEMENTS)
+            and x.dtype in (torch.float32, torch.float64))
+
+
+def fused_pays(x: torch.Tensor, params: Sequence[torch.Tensor] = ()) -> bool:
+    """Whether the ``torch`` backend should use :func:`siren_streams_fused` here: it can run, and the problem is
+    within :data:`FUSED_MAX_ELEMENTS` (or ``IDIR_FAST_CPU_FUSED=1`` asks for it)."""
+    if not fused_available(x, params):
+        return False
+    if os.environ.get(ENV_CPU_FUSED) == "1":
+        return True
+    widest = max((int(w.shape[0]) for w in params[0:-2:2]), default=0)
+    return 0 < x.shape[0] * widest <= FUSED_MAX_ELEMENTS
 
 
 def siren_streams_fused(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor, order: int) -> torch.Tensor:
