@@ -4,7 +4,7 @@
     python benchmarks/step_ab.py --before /tmp/before --after . [--sizes 10000:256x256x256] [--rounds 5]
 
 Each round starts one fresh process per tree (alternating), builds the step of the ``torch`` backend on the
-benchmark's synthetic problem, warms up and times 7 steps; the medians over rounds are compared. Understands the
+benchmark's synthetic problem, warms up and times ``--steps`` steps; the medians over rounds are compared. Understands the
 layout before and after the package was split into layers (``idir_fast.engine.StepFunction`` vs
 ``idir_fast.apps.bench.make_step``). Writes ``results/step_ab_<timestamp>.json``.
 """
@@ -42,7 +42,7 @@ except ImportError:
 for _ in range(2):
     call()
 times = []
-for _ in range(7):
+for _ in range(int(sys.argv[5])):
     t = time.perf_counter(); call(); times.append(time.perf_counter() - t)
 import idir_fast
 print(idir_fast.__file__)
@@ -58,6 +58,7 @@ def main():
     ap.add_argument("--regularizers", default="bending")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=7, help="timed steps per process (after 2 warm-up steps)")
     a = ap.parse_args()
     rows = []
     for size in a.sizes.split(","):
@@ -67,7 +68,7 @@ def main():
             for _ in range(a.rounds):
                 for label in ("before", "after"):
                     env = dict(os.environ, PYTHONPATH=str(Path(getattr(a, label)).resolve()))
-                    out = subprocess.run([sys.executable, "-c", PROBE, reg, n, hidden, str(a.threads)], env=env,
+                    out = subprocess.run([sys.executable, "-c", PROBE, reg, n, hidden, str(a.threads), str(a.steps)], env=env,
                                          capture_output=True, text=True, cwd="/", check=True).stdout
                     *_, origin, value = out.strip().splitlines()
                     tree = str(Path(getattr(a, label)).resolve())
