@@ -11,7 +11,9 @@ Run it with ``idir-fast bench`` or ``python -m benchmarks``.
 from __future__ import annotations
 
 import csv
+import os
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
@@ -99,6 +101,38 @@ def make_step(backend_name: str, regularizer: Optional[str], n_points: int, hidd
     return PairStep(siren, pair, backends.select(backend_name, device), settings), pair
 
 
+class _RssPeak:
+    """The largest resident set size of this process while the block runs (MiB), sampled every 5 ms from
+    ``/proc/self/statm`` — unlike ``ru_maxrss``, which keeps the whole process's high-water mark, so every row
+    after the largest one would report it."""
+
+    def __init__(self):
+        self.peak_mib, self._stop = float("nan"), threading.Event()
+
+    def _rss_mib(self) -> float:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+    def _poll(self):
+        while not self._stop.wait(0.005):
+            self.peak_mib = max(self.peak_mib, self._rss_mib())
+
+    def __enter__(self):
+        try:
+            self.peak_mib = self._rss_mib()
+        except OSError:  # not Linux: no figure
+            return self
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if hasattr(self, "_thread"):
+            self._thread.join()
+            self.peak_mib = max(self.peak_mib, self._rss_mib())
+
+
 def time_step(backend_name: str, regularizer: Optional[str], n_points: int, hidden: Sequence[int],
               device="cpu", warmup: int = 2, repeats: int = 10, seed: int = 0) -> dict:
     """Time one full optimisation step; returns a result row."""
@@ -107,28 +141,26 @@ def time_step(backend_name: str, regularizer: Optional[str], n_points: int, hidd
     x, f = pair.points[None], pair.fixed_values[None]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        step(x, f)
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step(x, f)
+    rss = _RssPeak()
+    with rss:
+        for _ in range(warmup):
+            step(x, f)
         _sync(device)
-        times.append(time.perf_counter() - t0)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step(x, f)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
     ms = 1000.0 * np.asarray(times)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
-    else:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # process peak RSS so far
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else rss.peak_mib
     order = objectives.derivative_order(regularizer)
     return {"backend": step.backend.name, "regularizer": regularizer or "none", "points": n_points,
             "hidden": "x".join(map(str, hidden)), "passes": step.backend.backward_passes(order),
             "ms_median": float(np.median(ms)), "ms_q25": float(np.percentile(ms, 25)),
             "ms_q75": float(np.percentile(ms, 75)), "s_per_2500": float(np.median(ms)) * 2.5,
-            "peak_mib": float(peak), "peak_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss_process",
+            "peak_mib": float(peak),
+            "peak_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss_during_row",
             "repeats": repeats}
 
 
