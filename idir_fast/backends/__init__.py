@@ -98,8 +98,8 @@ def _triton_unavailable(device: torch.device) -> Optional[str]:
 BACKENDS: Dict[str, Backend] = {b.name: b for b in (
     Backend("reference", "nested autograd, the paper's method (1/4/13 backward passes for none/J/H)",
             reference.derivatives, reference.similarity, reference.backward_passes, _runs_anywhere),
-    Backend("torch", "analytic derivative streams: PyTorch matrix products and element-wise ops (the fused CPU "
-            "kernels with IDIR_FAST_CPU_FUSED=1); sampling + NCC by the compiled op",
+    Backend("torch", "analytic derivative streams: PyTorch matrix products, the element-wise stream algebra in "
+            "fused CPU kernels for small networks (PyTorch ops elsewhere); sampling + NCC by the compiled op",
             _torch_derivatives, _fast_similarity, _one_pass, _runs_anywhere, batchable=True),
     Backend("triton", "fused Triton kernels of the derivative streams (GPU); sampling + NCC by the compiled op",
             _triton_derivatives, _fast_similarity, _one_pass, _triton_unavailable),

@@ -170,12 +170,13 @@ class _CpuStreamsFunction(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
-FUSED_MAX_ELEMENTS = 0
-"""Points × widest layer up to which the ``torch`` backend uses the fused CPU kernels: none. Measured on the
-2-core development machine inside the whole optimisation step (``benchmarks/fused_in_step.py``, README
-"Measurements"), they were never faster than PyTorch's per-stream ops (0.77–1.00×), although the stream op alone
-runs faster with them (``benchmarks/backward_choice.py``). ``IDIR_FAST_CPU_FUSED=1`` uses them at every size
-(to measure them on another CPU)."""
+FUSED_MAX_ELEMENTS = 100_000
+"""Points × widest layer up to which the ``torch`` backend uses the fused CPU kernels. Measured on the 2-core
+development machine (README "Backends"): in whole registrations at the CPU default's sizes (750 and 1,500 points ×
+3×48 = 72,000) they make the run 1.2–1.7× faster (``benchmarks/fused_in_step.py --registration``); at larger
+sizes only micro-benchmarks exist and they disagree (the stream op alone: 1.0–1.7× faster; a synthetic step
+repeated on fixed points: 0.75–0.92×), so the PyTorch ops stay there. ``IDIR_FAST_CPU_FUSED=1`` uses the
+kernels at every size, ``=0`` never."""
 
 ENV_CPU_FUSED = "IDIR_FAST_CPU_FUSED"
 
@@ -192,11 +193,12 @@ def fused_available(x: torch.Tensor, params: Sequence[torch.Tensor] = ()) -> boo
 
 def fused_pays(x: torch.Tensor, params: Sequence[torch.Tensor] = ()) -> bool:
     """Whether the ``torch`` backend should use :func:`siren_streams_fused` here: it can run, and the problem is
-    within :data:`FUSED_MAX_ELEMENTS` (or ``IDIR_FAST_CPU_FUSED=1`` asks for it)."""
+    within :data:`FUSED_MAX_ELEMENTS` (``IDIR_FAST_CPU_FUSED=1``/``0`` overrides the size rule)."""
     if not fused_available(x, params):
         return False
-    if os.environ.get(ENV_CPU_FUSED) == "1":
-        return True
+    forced = os.environ.get(ENV_CPU_FUSED)
+    if forced in ("0", "1"):
+        return forced == "1"
     widest = max((int(w.shape[0]) for w in params[0:-2:2]), default=0)
     return 0 < x.shape[0] * widest <= FUSED_MAX_ELEMENTS
 
