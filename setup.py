@@ -110,6 +110,8 @@ def _setup(ext_modules, cmdclass):
         extras_require={
             "test": ["pytest>=7", "pytest-benchmark>=4"],
             "ray": ["ray>=2.9"],
+            # the peers benchmark (benchmarks/peers.py): ANTs SyN and elastix on the same pairs
+            "peers": ["antspyx>=0.4", "itk-elastix>=0.20"],
         },
         entry_points={"console_scripts": ["idir-fast=idir_fast.apps.cli:main"]},
         zip_safe=False,

@@ -4,6 +4,9 @@
                                [--idir-profiles default,cpu-small] [--threads 2] [--quick] [--check-conventions]
                                [--ct PATH] [--out benchmarks/results]
 
+The peers come with ``pip install -e ".[peers]"`` (antspyx, itk-elastix); a tool that is not installed is skipped
+with a message.
+
 Every case has an exact ground truth: the fixed landmarks ``x`` and the moving landmarks ``Φ(x)`` with the known
 map Φ (fixed → moving world points, LPS mm). Each tool's transform maps the fixed landmarks into the moving image;
 the target registration error (TRE) is the Euclidean distance to ``Φ(x)``, in mm, with no rounding.
