@@ -173,7 +173,8 @@ class _CpuStreamsFunction(torch.autograd.Function):
 FUSED_MAX_ELEMENTS = 100_000
 """Points × widest layer up to which the ``torch`` backend uses the fused CPU kernels. Measured on the 2-core
 development machine (README "Backends"): in whole registrations at the CPU default's sizes (750 and 1,500 points ×
-3×48 = 72,000) they make the run 1.2–1.7× faster (``benchmarks/fused_in_step.py --registration``); at larger
+3×48 = 72,000) they make the run 1.28× faster (``benchmarks/fused_in_step.py --registration``, record
+``fused_in_step_20261126T014606Z.json``); at larger
 sizes only micro-benchmarks exist and they disagree (the stream op alone: 1.0–1.7× faster; a synthetic step
 repeated on fixed points: 0.75–0.92×), so the PyTorch ops stay there. ``IDIR_FAST_CPU_FUSED=1`` uses the
 kernels at every size, ``=0`` never."""
