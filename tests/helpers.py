@@ -35,3 +35,21 @@ def random_points(n: int, dtype=torch.float64, seed: int = 0, spread: float = 1.
 def derivatives(backend: str, siren: Siren, x: torch.Tensor, order: int, precision: str = "ieee"):
     """Φ, J, H6 of ``siren`` at ``x`` through the named backend."""
     return backends.get(backend).derivatives(siren.parameter_list(), siren.omega, x, order, precision)
+
+
+def write_pair_files(pair, folder, landmarks: bool = True) -> dict:
+    """Write a test pair's images (``fixed``, ``moving``, ``mask`` as .nii.gz) and, with ``landmarks``, its point
+    files (``fl``, ``ml``) into ``folder``; returns name → path."""
+    import SimpleITK as sitk
+
+    from idir_fast.io.landmarks import write_points
+
+    paths = {}
+    for name in ("fixed", "moving", "mask"):
+        paths[name] = str(folder / f"{name}.nii.gz")
+        sitk.WriteImage(getattr(pair, name), paths[name])
+    if landmarks:
+        paths["fl"], paths["ml"] = str(folder / "fl.txt"), str(folder / "ml.txt")
+        write_points(pair.fixed_landmarks, paths["fl"])
+        write_points(pair.moving_landmarks, paths["ml"])
+    return paths

@@ -7,22 +7,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from idir_fast.apps.cli import main
-from idir_fast.io.landmarks import write_points
+from helpers import write_pair_files
 
 
-def _write_pair(pair, folder):
-    paths = {}
-    for name in ("fixed", "moving", "mask"):
-        paths[name] = str(folder / f"{name}.nii.gz")
-        sitk.WriteImage(getattr(pair, name), paths[name])
-    paths["fl"], paths["ml"] = str(folder / "fl.txt"), str(folder / "ml.txt")
-    write_points(pair.fixed_landmarks, paths["fl"])
-    write_points(pair.moving_landmarks, paths["ml"])
-    return paths
 
 
 def test_register_end_to_end(tiny_pair, tmp_path, capsys):
-    p = _write_pair(tiny_pair, tmp_path)
+    p = write_pair_files(tiny_pair, tmp_path)
     out = tmp_path / "res"
     out.mkdir()
     rc = main(["register", p["fixed"], p["moving"], "--mask", p["mask"], "--out", str(out / "case_"),
@@ -44,7 +35,7 @@ def test_register_end_to_end(tiny_pair, tmp_path, capsys):
 
 
 def test_register_reports_bad_input_and_writes_nothing(tiny_pair, tmp_path, capsys):
-    p = _write_pair(tiny_pair, tmp_path)
+    p = write_pair_files(tiny_pair, tmp_path)
     rc = main(["register", p["fixed"], str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "x_"),
                "--no-progress"])
     assert rc == 2
@@ -81,7 +72,7 @@ def json_load(path):
 
 
 def test_register_mha_outputs_and_itk_transform(tiny_pair, tmp_path):
-    p = _write_pair(tiny_pair, tmp_path)
+    p = write_pair_files(tiny_pair, tmp_path)
     rc = main(["register", p["fixed"], p["moving"], "--mask", p["mask"], "--out", str(tmp_path / "r_"),
                "--epochs", "3", "--batch-size", "100", "--hidden", "16", "--no-progress", "--format", ".mha",
                "--itk-transform", "--regularizer", "none"])

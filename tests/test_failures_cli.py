@@ -7,7 +7,7 @@ import SimpleITK as sitk
 import idir_fast.api
 from idir_fast.apps.cli import main
 from idir_fast.io import dirlab
-from idir_fast.io.landmarks import write_points
+from helpers import write_pair_files
 
 FAST = ["--epochs", "2", "--batch-size", "50", "--hidden", "8", "--no-progress"]
 
@@ -22,14 +22,7 @@ def no_optimisation(monkeypatch):
 
 @pytest.fixture
 def files(tiny_pair, tmp_path):
-    out = {}
-    for name in ("fixed", "moving", "mask"):
-        out[name] = str(tmp_path / f"{name}.nii.gz")
-        sitk.WriteImage(getattr(tiny_pair, name), out[name])
-    out["fl"], out["ml"] = str(tmp_path / "fl.txt"), str(tmp_path / "ml.txt")
-    write_points(tiny_pair.fixed_landmarks, out["fl"])
-    write_points(tiny_pair.moving_landmarks, out["ml"])
-    return out
+    return write_pair_files(tiny_pair, tmp_path)
 
 
 def _run(argv, capsys):

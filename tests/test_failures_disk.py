@@ -18,6 +18,7 @@ from idir_fast.apps.cli import main
 from idir_fast.errors import OutputError
 from idir_fast.io import files as io_files
 from idir_fast.io.outputs import verify_output_set
+from helpers import write_pair_files
 
 KW = dict(epochs=2, batch_size=50, hidden=(8,), progress=False, device="cpu")
 
@@ -29,11 +30,7 @@ def reg(tiny_pair):
 
 @pytest.fixture
 def pair_files(tiny_pair, tmp_path):
-    paths = {}
-    for name in ("fixed", "moving", "mask"):
-        paths[name] = str(tmp_path / f"{name}.nii.gz")
-        sitk.WriteImage(getattr(tiny_pair, name), paths[name])
-    return paths
+    return write_pair_files(tiny_pair, tmp_path, landmarks=False)
 
 
 def _digests(folder):
