@@ -7,7 +7,8 @@ NCC), regularised by the Jacobian determinant, a hyperelastic energy or the bend
 network's analytic derivatives.
 
 Entry points: :func:`register`, :func:`register_many`, :func:`register_cohort`, :func:`load`,
-:class:`Registration`, :class:`RunSettings`, the ``idir-fast`` command. Layers (each imports only those below
+:class:`Registration`, :class:`RunSettings`, :func:`keep_freed_memory` (CPU allocator policy), the
+``idir-fast`` command. Layers (each imports only those below
 it): ``core`` (maths) → ``ops``/``kernels`` (fast paths) → ``backends`` → ``settings`` → ``optim`` (the loop) and
 ``io`` (files) → ``registration``/``api`` → ``apps`` (command line, cohorts, benchmark).
 """
@@ -15,9 +16,10 @@ from .version import __version__  # noqa: E402
 
 from .api import register, register_many  # noqa: E402
 from .apps.cohort import register_cohort  # noqa: E402
+from .environment import keep_freed_memory  # noqa: E402
 from .errors import BackendError, DivergenceError, InputError  # noqa: E402
 from .registration import Registration, load  # noqa: E402
 from .settings import RunSettings  # noqa: E402
 
 __all__ = ["register", "register_many", "register_cohort", "load", "Registration", "RunSettings", "InputError",
-           "DivergenceError", "BackendError", "__version__"]
+           "DivergenceError", "BackendError", "keep_freed_memory", "__version__"]

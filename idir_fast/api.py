@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from .core.metrics import tre
-from .environment import environment
+from .environment import environment, keep_freed_memory
 from .errors import InputError
 from .io.images import ImageLike, as_image, as_mask
 from .io.landmarks import read_points
@@ -187,6 +187,8 @@ def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = No
     """
     t_start = time.perf_counter()
     settings = RunSettings.build(settings, "register", **options).resolved()
+    if settings.torch_device.type == "cpu":  # README "CPU memory kept between steps"; IDIR_FAST_MALLOC=system: off
+        keep_freed_memory()
     inputs = read_pair(fixed, moving, mask, spacing=spacing, origin=origin, direction=direction,
                        fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, moving_mask=moving_mask,
                        initial_transform=initial_transform)
@@ -332,6 +334,8 @@ def register_many(pairs: Sequence, *, pairs_per_batch: Optional[int] = None, pro
         one :class:`Registration` per pair, in order.
     """
     settings = RunSettings.build(settings, "register_many", **options).resolved()
+    if settings.torch_device.type == "cpu":
+        keep_freed_memory()
     if not pairs:
         raise InputError("'pairs' is empty")
     if pairs_per_batch is not None and (isinstance(pairs_per_batch, bool) or not isinstance(pairs_per_batch, int)

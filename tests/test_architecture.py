@@ -30,7 +30,7 @@ ALLOWED = {
             "schedule"},
     "apps": {"core", "ops", "kernels", "backends", "settings", "optim", "io", "registration", "environment", "api",
              "data", "apps", "schedule"},
-    "__init__": {"api", "apps", "registration", "settings"},
+    "__init__": {"api", "apps", "registration", "settings", "environment"},
     "__main__": {"apps"},
 }
 

@@ -133,16 +133,23 @@ def test_fused_cpu_streams_equal_the_reference_float64(order, hidden, n):
 
 @needs_fused
 def test_torch_backend_uses_the_fused_cpu_kernels_where_the_rule_says(monkeypatch):
-    """Up to FUSED_MAX_ELEMENTS (points × widest layer), PyTorch ops beyond; IDIR_FAST_CPU_FUSED=1/0 overrides."""
+    """Up to FUSED_MAX_ELEMENTS (points × widest layer), PyTorch ops beyond, whatever the allocator policy;
+    IDIR_FAST_CPU_FUSED=1/0 overrides."""
+    import idir_fast.environment as environment
+
     calls = []
     real = _ops._CpuStreamsFunction.apply
     monkeypatch.setattr(_ops._CpuStreamsFunction, "apply", lambda *a: calls.append(1) or real(*a))
     monkeypatch.delenv(_ops.ENV_CPU_FUSED, raising=False)
+    monkeypatch.setattr(environment, "_malloc_policy", "system")
     siren = random_siren((16, 16), 8.0, 1.0, torch.float32, seed=1)
     monkeypatch.setattr(_ops, "FUSED_MAX_ELEMENTS", 10 * 16)
     derivatives("torch", siren, random_points(10, torch.float32), 2)
     assert calls == [1]
     derivatives("torch", siren, random_points(11, torch.float32), 2)  # 11 × 16 > 160: PyTorch ops
+    assert calls == [1]
+    monkeypatch.setattr(environment, "_malloc_policy", "keep-freed")  # the rule waits for an accuracy record
+    derivatives("torch", siren, random_points(11, torch.float32), 2)
     assert calls == [1]
     monkeypatch.setenv(_ops.ENV_CPU_FUSED, "1")
     derivatives("torch", siren, random_points(1000, torch.float32), 2)

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from .. import backends
 from ..core.objectives import REGULARIZERS
+from ..environment import keep_freed_memory
 from ..errors import BackendError, DivergenceError, InputError, OutputError
 from ..io.files import IMAGE_FORMATS, check_writable_prefix, ensure_folder
 from ..settings import add_cli_options, options_from_cli, parse_hidden
@@ -413,6 +414,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        keep_freed_memory()  # this process only trains and writes: keep step memory mapped (IDIR_FAST_MALLOC=system)
         return COMMANDS[args.command](args)
     except MemoryError:
         print(f"idir-fast {args.command}: error: out of memory (the estimate before the run did not foresee it); "

@@ -171,13 +171,16 @@ class _CpuStreamsFunction(torch.autograd.Function):
 
 
 FUSED_MAX_ELEMENTS = 100_000
-"""Points × widest layer up to which the ``torch`` backend uses the fused CPU kernels. Measured on the 2-core
-development machine (README "Backends"): in whole registrations at the CPU default's sizes (750 and 1,500 points ×
-3×48 = 72,000) they make the run 1.28× faster (``benchmarks/fused_in_step.py --registration``, record
-``fused_in_step_20261126T014606Z.json``); at larger
-sizes only micro-benchmarks exist and they disagree (the stream op alone: 1.0–1.7× faster; a synthetic step
-repeated on fixed points: 0.75–0.92×), so the PyTorch ops stay there. ``IDIR_FAST_CPU_FUSED=1`` uses the
-kernels at every size, ``=0`` never."""
+"""Points × widest layer up to which the ``torch`` backend uses the fused CPU kernels. In whole registrations at the
+CPU default's sizes (750 and 1,500 points × 3×48 = 72,000) they make the run 1.28× faster
+(``benchmarks/fused_in_step.py --registration``, record ``fused_in_step_20261126T014606Z.json``). Beyond, with
+glibc's malloc as it comes, the fused step was slower (a page-fault effect: its saved stream tensors are fewer
+but larger and are mapped afresh every step; ``benchmarks/malloc_policy.py``, record
+``malloc_policy_20261126T040523Z.json``: 2.32 vs 1.72 s at 10,000 × 3×256). With freed memory kept
+(:func:`idir_fast.environment.keep_freed_memory`, which ``register()`` applies on a CPU) the fused step is faster
+at every size measured (1.11 vs 1.27 s there) — but it changes the float32 rounding order and so the trajectory,
+and no full-length ``schedule="paper"`` accuracy record exists with it yet, so the rule stays until one does.
+``IDIR_FAST_CPU_FUSED=1`` uses the kernels at every size, ``=0`` never."""
 
 ENV_CPU_FUSED = "IDIR_FAST_CPU_FUSED"
 
