@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from ..environment import keep_freed_memory, malloc_policy
 from ..errors import InputError
 from ..io.files import ensure_folder, honour_umask, name_max, remove_dead_temporaries, write_json, write_text
 from ..io.outputs import verify_output_set
@@ -224,8 +223,7 @@ def run_pair(pair: Pair, out_dir: str, settings: RunSettings, options: Optional[
 
     Args:
         settings: the run settings (validated once for the whole cohort).
-        options: ``threads`` (torch threads in this process), ``figures``, ``settings_hash``, ``malloc`` (the
-            starting process's :func:`~idir_fast.environment.malloc_policy`, applied here too).
+        options: ``threads`` (torch threads in this process), ``figures``, ``settings_hash``.
     """
     import torch
 
@@ -240,8 +238,6 @@ def run_pair(pair: Pair, out_dir: str, settings: RunSettings, options: Optional[
     try:
         if options.get("threads"):
             torch.set_num_threads(int(options["threads"]))
-        if options.get("malloc") == "keep-freed":  # a Ray worker follows the process that started the cohort
-            keep_freed_memory()
         lm = {}
         if pair.fixed_landmarks:
             lm = dict(fixed_landmarks=pair.fixed_landmarks, moving_landmarks=pair.moving_landmarks)
@@ -398,7 +394,7 @@ def register_cohort(manifest, out_dir, *, executor: str = "local", address: Opti
         order = {q.pair_id: i for i, q in enumerate(pairs)}
         todo.sort(key=lambda p: order[p.pair_id])
         run_options = {"threads": threads, "figures": figures, "settings_hash": run_hash,
-                       "settings_fingerprint": fingerprint, "malloc": malloc_policy()}
+                       "settings_fingerprint": fingerprint}
         bar = None
         if progress:
             from tqdm.auto import tqdm
