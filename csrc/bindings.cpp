@@ -21,6 +21,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "grad_z (S,N,M) = sine_streams_backward(grad_a (S,N,M), z, w0 or empty, sin_z, cos_z, omega, order)",
         py::arg("grad_a"), py::arg("z"), py::arg("w0"), py::arg("sin_z"), py::arg("cos_z"), py::arg("omega"),
         py::arg("order"));
+  m.def("sine_streams_forward_out", &sine_streams_forward_out,
+        "sine_streams_forward into a preallocated out (S,N,M)", py::arg("z"), py::arg("w0"), py::arg("sin_z"),
+        py::arg("cos_z"), py::arg("omega"), py::arg("order"), py::arg("out"));
+  m.def("sine_streams_backward_out", &sine_streams_backward_out,
+        "sine_streams_backward into a preallocated out (S,N,M)", py::arg("grad_a"), py::arg("z"), py::arg("w0"),
+        py::arg("sin_z"), py::arg("cos_z"), py::arg("omega"), py::arg("order"), py::arg("out"));
 #ifdef WITH_CUDA
   m.attr("with_cuda") = true;
 #else

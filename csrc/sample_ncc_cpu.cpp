@@ -1,48 +1,53 @@
-// CPU implementation of the fused sampling + NCC op (OpenMP where available), same math as the CUDA kernel.
+// CPU implementation of the fused sampling + NCC op, same math as the CUDA kernel (sample_ncc_math.h). It runs in
+// PyTorch's own thread pool (at::parallel_for), so torch.set_num_threads governs it like every other op: a second
+// OpenMP pool here would ignore the run's thread policy. The NCC sums are reduced over fixed chunks of points, in
+// chunk order, so they do not depend on how many threads ran them (same seed → same result at any thread count).
 #include "sample_ncc.h"
 #include "sample_ncc_math.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
 
 namespace {
+
+constexpr int64_t kChunk = 512;  // points per partial sum (and per task)
 
 template <typename T>
 void forward_loop(const T* vol, int nx, int ny, int nz, const T* index, const T* fixed, int64_t n, T* values,
                   T* grads, double* sums) {
-  double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
-#pragma omp parallel for schedule(static) reduction(+ : s0, s1, s2, s3, s4)
-  for (int64_t k = 0; k < n; ++k) {
-    T v, gx, gy, gz;
-    idir::trilinear_value_grad<T>(vol, nx, ny, nz, index[3 * k], index[3 * k + 1], index[3 * k + 2], &v, &gx, &gy,
-                                  &gz);
-    values[k] = v;
-    grads[3 * k] = gx;
-    grads[3 * k + 1] = gy;
-    grads[3 * k + 2] = gz;
-    double s[5] = {0, 0, 0, 0, 0};
-    idir::ncc_accumulate(static_cast<double>(fixed[k]), static_cast<double>(v), s);
-    s0 += s[0];
-    s1 += s[1];
-    s2 += s[2];
-    s3 += s[3];
-    s4 += s[4];
-  }
-  sums[0] = s0;
-  sums[1] = s1;
-  sums[2] = s2;
-  sums[3] = s3;
-  sums[4] = s4;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(static_cast<size_t>(chunks) * 5, 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double* s = partial.data() + 5 * c;
+      const int64_t end = std::min(n, (c + 1) * kChunk);
+      for (int64_t k = c * kChunk; k < end; ++k) {
+        T v, gx, gy, gz;
+        idir::trilinear_value_grad<T>(vol, nx, ny, nz, index[3 * k], index[3 * k + 1], index[3 * k + 2], &v, &gx,
+                                      &gy, &gz);
+        values[k] = v;
+        grads[3 * k] = gx;
+        grads[3 * k + 1] = gy;
+        grads[3 * k + 2] = gz;
+        idir::ncc_accumulate(static_cast<double>(fixed[k]), static_cast<double>(v), s);
+      }
+    }
+  });
+  for (int j = 0; j < 5; ++j) sums[j] = 0.0;
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int j = 0; j < 5; ++j) sums[j] += partial[5 * c + j];
 }
 
 template <typename T>
 void backward_loop(const T* fixed, const T* values, const T* grads, int64_t n, const double* coef, T* out) {
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < n; ++k) {
-    idir::ncc_point_backward<T>(fixed[k], values[k], grads[3 * k], grads[3 * k + 1], grads[3 * k + 2], coef,
-                                out + 3 * k);
-  }
+  at::parallel_for(0, n, 4 * kChunk, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      idir::ncc_point_backward<T>(fixed[k], values[k], grads[3 * k], grads[3 * k + 1], grads[3 * k + 2], coef,
+                                  out + 3 * k);
+    }
+  });
 }
 
 }  // namespace

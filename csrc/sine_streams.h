@@ -21,3 +21,10 @@ at::Tensor sine_streams_forward(const at::Tensor& z, const at::Tensor& w0, const
 // sin_z and cos_z.
 at::Tensor sine_streams_backward(const at::Tensor& grad_a, const at::Tensor& z, const at::Tensor& w0,
                                  const at::Tensor& sin_z, const at::Tensor& cos_z, double omega, int64_t order);
+
+// The same, writing into a preallocated 'out' (S, N, M) of z's dtype (a workspace reused every step: no allocation).
+void sine_streams_forward_out(const at::Tensor& z, const at::Tensor& w0, const at::Tensor& sin_z,
+                              const at::Tensor& cos_z, double omega, int64_t order, at::Tensor& out);
+void sine_streams_backward_out(const at::Tensor& grad_a, const at::Tensor& z, const at::Tensor& w0,
+                               const at::Tensor& sin_z, const at::Tensor& cos_z, double omega, int64_t order,
+                               at::Tensor& out);

@@ -246,10 +246,17 @@ void check_sc(const at::Tensor& z, const at::Tensor& sin_z, const at::Tensor& co
               "sine_streams: 'sin_z' and 'cos_z' must hold N·M values (the value stream)");
 }
 
+
+void check_out(const at::Tensor& out, const char* op, int64_t S, int64_t n, int64_t m, const at::Tensor& like) {
+  check_float(out, "out", like);
+  TORCH_CHECK(out.dim() == 3 && out.size(0) == S && out.size(1) == n && out.size(2) == m, op, ": 'out' must have shape (",
+              S, ", ", n, ", ", m, "), got ", out.sizes());
+}
+
 }  // namespace
 
-at::Tensor sine_streams_forward(const at::Tensor& z, const at::Tensor& w0, const at::Tensor& sin_z,
-                                const at::Tensor& cos_z, double omega, int64_t order) {
+void sine_streams_forward_out(const at::Tensor& z, const at::Tensor& w0, const at::Tensor& sin_z,
+                              const at::Tensor& cos_z, double omega, int64_t order, at::Tensor& out) {
   const int64_t S = streams_of(order);
   const bool first = w0.numel() > 0;
   TORCH_CHECK(z.dim() == 3, "sine_streams_forward: 'z' must have shape (S, N, M), got ", z.sizes());
@@ -261,18 +268,26 @@ at::Tensor sine_streams_forward(const at::Tensor& z, const at::Tensor& w0, const
     TORCH_CHECK(w0.dim() == 2 && w0.size(0) == m && w0.size(1) == 3, "sine_streams_forward: 'w0' must be (M, 3)");
   }
   check_sc(z, sin_z, cos_z, n, m);
-  auto a = at::empty({S, n, m}, z.options());
+  check_out(out, "sine_streams_forward", S, n, m, z);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "sine_streams_forward", [&] {
     const scalar_t* w = first ? w0.data_ptr<scalar_t>() : nullptr;
     auto fn = first ? forward_dispatch<scalar_t, true> : forward_dispatch<scalar_t, false>;
     fn(order, z.data_ptr<scalar_t>(), w, sin_z.data_ptr<scalar_t>(), cos_z.data_ptr<scalar_t>(),
-       static_cast<scalar_t>(omega), n, m, a.data_ptr<scalar_t>());
+       static_cast<scalar_t>(omega), n, m, out.data_ptr<scalar_t>());
   });
+}
+
+at::Tensor sine_streams_forward(const at::Tensor& z, const at::Tensor& w0, const at::Tensor& sin_z,
+                                const at::Tensor& cos_z, double omega, int64_t order) {
+  TORCH_CHECK(z.dim() == 3, "sine_streams_forward: 'z' must have shape (S, N, M), got ", z.sizes());
+  auto a = at::empty({streams_of(order), z.size(1), z.size(2)}, z.options());
+  sine_streams_forward_out(z, w0, sin_z, cos_z, omega, order, a);
   return a;
 }
 
-at::Tensor sine_streams_backward(const at::Tensor& grad_a, const at::Tensor& z, const at::Tensor& w0,
-                                 const at::Tensor& sin_z, const at::Tensor& cos_z, double omega, int64_t order) {
+void sine_streams_backward_out(const at::Tensor& grad_a, const at::Tensor& z, const at::Tensor& w0,
+                               const at::Tensor& sin_z, const at::Tensor& cos_z, double omega, int64_t order,
+                               at::Tensor& out) {
   const int64_t S = streams_of(order);
   const bool first = w0.numel() > 0;
   check_float(grad_a, "grad_a", grad_a);
@@ -288,12 +303,19 @@ at::Tensor sine_streams_backward(const at::Tensor& grad_a, const at::Tensor& z, 
     TORCH_CHECK(w0.dim() == 2 && w0.size(0) == m && w0.size(1) == 3, "sine_streams_backward: 'w0' must be (M, 3)");
   }
   check_sc(grad_a, sin_z, cos_z, n, m);
-  auto gz = at::empty_like(grad_a);
+  check_out(out, "sine_streams_backward", S, n, m, grad_a);
+  TORCH_CHECK(out.data_ptr() != grad_a.data_ptr(), "sine_streams_backward: 'out' must not be 'grad_a'");
   AT_DISPATCH_FLOATING_TYPES(grad_a.scalar_type(), "sine_streams_backward", [&] {
     const scalar_t* w = first ? w0.data_ptr<scalar_t>() : nullptr;
     auto fn = first ? backward_dispatch<scalar_t, true> : backward_dispatch<scalar_t, false>;
     fn(order, grad_a.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), w, sin_z.data_ptr<scalar_t>(),
-       cos_z.data_ptr<scalar_t>(), static_cast<scalar_t>(omega), n, m, gz.data_ptr<scalar_t>());
+       cos_z.data_ptr<scalar_t>(), static_cast<scalar_t>(omega), n, m, out.data_ptr<scalar_t>());
   });
+}
+
+at::Tensor sine_streams_backward(const at::Tensor& grad_a, const at::Tensor& z, const at::Tensor& w0,
+                                 const at::Tensor& sin_z, const at::Tensor& cos_z, double omega, int64_t order) {
+  auto gz = at::empty_like(grad_a);
+  sine_streams_backward_out(grad_a, z, w0, sin_z, cos_z, omega, order, gz);
   return gz;
 }

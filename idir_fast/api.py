@@ -12,8 +12,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from . import memory
+from .core.geometry import ImageGeometry
 from .core.metrics import tre
-from .environment import environment, keep_freed_memory
+from .environment import environment
 from .errors import InputError
 from .io.images import ImageLike, as_image, as_mask
 from .io.landmarks import read_points
@@ -24,6 +26,7 @@ from .optim.run import Trained, optimise
 from .optim.step import HISTORY_TERMS
 from .registration import Registration
 from .settings import RunSettings, with_setting_parameters
+from .threads import run_threads
 
 
 @dataclass
@@ -129,7 +132,7 @@ def prepare_run(inputs: PairInputs, settings: RunSettings) -> PreparedRun:
 
 
 def _result(i: int, trained: Trained, pair: PreparedPair, inputs: PairInputs, settings: RunSettings,
-            timings: dict, extra: Optional[dict] = None, backward=None) -> Registration:
+            timings: dict, extra: Optional[dict] = None, backward=None, governor=None) -> Registration:
     """The :class:`Registration` of pair ``i`` of a trained batch: settings and versions, history, timings, TRE;
     ``backward`` = ``(siren, backward pair)`` of a symmetric registration."""
     record = settings.to_dict()
@@ -138,6 +141,8 @@ def _result(i: int, trained: Trained, pair: PreparedPair, inputs: PairInputs, se
                   backward_passes_per_epoch=trained.choice.backend.backward_passes(settings.order),
                   cuda_graph=trained.loop.graph, versions=environment(settings.torch_device), **inputs.paths,
                   **(extra or {}))
+    if governor is not None:
+        record["threads_used"] = governor.record()
     history = {name: trained.history(i)[:, k] for k, name in enumerate(HISTORY_TERMS)}
     reg = Registration(trained.sirens[i], pair.world_to_normalised, pair.fixed_geometry, record, history,
                        timings, moving=inputs.moving, mask=inputs.mask, world_affine=pair.world_affine,
@@ -187,21 +192,28 @@ def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = No
     """
     t_start = time.perf_counter()
     settings = RunSettings.build(settings, "register", **options).resolved()
-    if settings.torch_device.type == "cpu":  # README "CPU memory kept between steps"; IDIR_FAST_MALLOC=system: off
-        keep_freed_memory()
-    inputs = read_pair(fixed, moving, mask, spacing=spacing, origin=origin, direction=direction,
-                       fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, moving_mask=moving_mask,
-                       initial_transform=initial_transform)
+    with run_threads(settings.threads, settings.torch_device.type) as governor, torch.enable_grad():
+        return _register(fixed, moving, mask, settings, governor, t_start, progress=progress, spacing=spacing,
+                         origin=origin, direction=direction, fixed_landmarks=fixed_landmarks,
+                         moving_landmarks=moving_landmarks, moving_mask=moving_mask,
+                         initial_transform=initial_transform)
+
+
+def _register(fixed, moving, mask, settings: RunSettings, governor, t_start: float, *, progress: bool,
+              **inputs_kw) -> Registration:
+    """:func:`register` after the settings are checked, inside the run's thread policy."""
+    inputs = read_pair(fixed, moving, mask, **inputs_kw)
     check_memory(inputs, settings)
     run = prepare_run(inputs, settings)
     t_prepared = time.perf_counter()
-    trained = optimise(run.pairs, settings, progress=progress, fwd_to_bwd=run.fwd_to_bwd)
+    trained = optimise(run.pairs, settings, progress=progress, fwd_to_bwd=run.fwd_to_bwd, governor=governor)
     timings = {"prepare_s": t_prepared - t_start, "optimise_s": trained.loop.seconds,
                "ms_per_epoch": 1000.0 * trained.loop.seconds / max(trained.loop.epochs_run, 1)}
     if run.affine_info:
         timings["affine_s"] = run.affine_info["seconds"]
     backward = (trained.sirens[1], run.pairs[1]) if settings.symmetric else None
-    reg = _result(0, trained, run.pairs[0], inputs, settings, timings, extra=_affine_record(run), backward=backward)
+    reg = _result(0, trained, run.pairs[0], inputs, settings, timings, extra=_affine_record(run), backward=backward,
+                  governor=governor)
     reg.timings["total_s"] = time.perf_counter() - t_start
     return reg
 
@@ -230,88 +242,22 @@ def _pair_args(i: int, item) -> dict:
 
 
 def memory_estimate(inputs: PairInputs, settings: RunSettings) -> Dict[str, int]:
-    """Estimated peak bytes of one registration (resolved ``settings``): ``points`` (the mask's points and values
-    prepared for the loop, about 100 bytes per mask voxel at their peak, and the moving volume), ``training``
-    (stream activations kept for the backward, about 6 tensors of S·batch·width per layer, the weights and Adam
-    state; twice for symmetric registration), ``outputs`` (host and device parts of writing the fields:
-    :func:`idir_fast.registration.output_memory`)."""
-    from .core.derivatives import num_streams
-    from .core.geometry import ImageGeometry
-    from .registration import output_memory
-
+    """Estimated peak bytes of one registration (resolved ``settings``) by part: :func:`idir_fast.memory.run_bytes`."""
     fg, mg = ImageGeometry.from_sitk(inputs.fixed), ImageGeometry.from_sitk(inputs.moving)
-    nf, nm = int(np.prod(fg.size)), int(np.prod(mg.size))
+    nf = int(np.prod(fg.size))
     points = nf if inputs.mask is None else int(np.count_nonzero(sitk.GetArrayViewFromImage(inputs.mask)))
-    dtype_bytes = torch.tensor([], dtype=settings.dtype).element_size()
-    widths = [3] + list(settings.hidden) + [3]
-    params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
-    nets = 2 if settings.symmetric else 1
-    batch = min(int(settings.batch_size), points)
-    training = nets * dtype_bytes * (6 * num_streams(settings.order) * batch * sum(settings.hidden) + 4 * params)
-    out = output_memory(fg, mg, settings.hidden, dtype_bytes, settings.torch_device, inverse=settings.symmetric)
-    return {"points": points * 100 + nm * 2 * dtype_bytes, "training": training, "outputs_host": out["host"],
-            "outputs_device": out["device"]}
+    return memory.run_bytes(mask_points=points, fixed_voxels=nf, moving_voxels=int(np.prod(mg.size)),
+                            batch=settings.batch_size, hidden=settings.hidden, order=settings.order,
+                            dtype_bytes=torch.tensor([], dtype=settings.dtype).element_size(),
+                            device=settings.torch_device, symmetric=settings.symmetric)
 
 
 def check_memory(inputs: PairInputs, settings: RunSettings) -> None:
     """Refuse a run whose estimated peak memory (:func:`memory_estimate`) exceeds what the machine has free, before
-    any work, with an :class:`InputError` naming the argument to change (``IDIR_FAST_NO_MEMORY_CHECK=1`` skips
-    this)."""
-    from .io import files as io_files
-    from .io.files import human_bytes
-    from .io.images import memory_checks_enabled
-
-    if not memory_checks_enabled():
-        return
-    e = memory_estimate(inputs, settings)
-    device = settings.torch_device
-    host_avail = io_files.available_memory()
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        device_need = max(e["training"], e["outputs_device"]) + e["points"] // 4  # points, volume on it
-        if device_need > free:
-            raise InputError(f"'batch_size'/'hidden': the optimisation needs about {human_bytes(device_need)} on "
-                             f"{device}, {human_bytes(free)} is free; lower batch_size (now {settings.batch_size}) "
-                             f"or the widths of hidden (now {list(settings.hidden)})")
-        host_need = e["points"] + e["outputs_host"]
-    else:
-        host_need = e["points"] + max(e["training"], e["outputs_host"] + e["outputs_device"])
-    if host_need <= host_avail:
-        return
-    size = "×".join(map(str, inputs.fixed.GetSize()))
-    network = max(e["training"], e["outputs_device"]) if device.type == "cpu" else 0  # grows with batch, widths
-    if network >= e["points"] + e["outputs_host"]:
-        raise InputError(f"'batch_size'/'hidden': the optimisation needs about {human_bytes(host_need)} of memory "
-                         f"(batch_size {settings.batch_size}, hidden {list(settings.hidden)}), "
-                         f"{human_bytes(host_avail)} is available; lower batch_size or the widths of hidden")
-    raise InputError(f"'fixed': registering on its {size} grid needs about {human_bytes(host_need)} of memory (mask "
-                     f"points and output fields), {human_bytes(host_avail)} is available; give a 'mask', crop or "
-                     "downsample the images, or use a machine with more memory")
-
-
-def auto_pairs_per_batch(num_points: int, hidden: Sequence[int], order: int, volume_voxels: int,
-                         device: torch.device, dtype_bytes: int = 4) -> int:
-    """How many pairs fit at once: 70 % of the free device memory over an estimate of one pair's footprint
-    (stream activations saved for the backward, about 6 tensors of S·N·width per layer, plus the moving volume)."""
-    from .core.derivatives import num_streams
-
-    per_pair = dtype_bytes * (6 * num_streams(order) * num_points * sum(hidden) + volume_voxels) + (1 << 20)
-    if torch.device(device).type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-    else:
-        free = _available_host_memory()
-    return max(1, int(0.7 * free // per_pair))
-
-
-def _available_host_memory() -> int:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
+    any work, with an :class:`InputError` naming the argument to change (``memory_check=False`` skips this)."""
+    memory.check_run(memory_estimate(inputs, settings), settings.torch_device, batch_size=settings.batch_size,
+                     hidden=settings.hidden, grid="×".join(map(str, inputs.fixed.GetSize())),
+                     enabled=settings.memory_check)
 
 
 @with_setting_parameters
@@ -334,24 +280,29 @@ def register_many(pairs: Sequence, *, pairs_per_batch: Optional[int] = None, pro
         one :class:`Registration` per pair, in order.
     """
     settings = RunSettings.build(settings, "register_many", **options).resolved()
-    if settings.torch_device.type == "cpu":
-        keep_freed_memory()
     if not pairs:
         raise InputError("'pairs' is empty")
     if pairs_per_batch is not None and (isinstance(pairs_per_batch, bool) or not isinstance(pairs_per_batch, int)
                                         or pairs_per_batch < 1):
         raise InputError(f"'pairs_per_batch' must be a positive integer, got {pairs_per_batch!r}")
-    device = settings.torch_device
     inputs = [read_pair(**_pair_args(i, item), names=f"pairs[{i}].{{}}") for i, item in enumerate(pairs)]
+    with run_threads(settings.threads, settings.torch_device.type) as governor, torch.enable_grad():
+        return _register_many(inputs, settings, governor, pairs_per_batch, progress)
+
+
+def _register_many(inputs: List[PairInputs], settings: RunSettings, governor, pairs_per_batch: Optional[int],
+                   progress: bool) -> List[Registration]:
+    """:func:`register_many` after the inputs are read, inside the run's thread policy."""
+    device = settings.torch_device
     runs = [prepare_run(p, settings) for p in inputs]
     prepared = [r.pairs[0] for r in runs]
     batched = settings.backend in ("auto", "torch") and settings.loop == "fast" and not settings.symmetric
     if not batched:  # other backends, and symmetric pairs (already two networks each), go one at a time
         pairs_per_batch = 1
     elif pairs_per_batch is None:
-        pairs_per_batch = auto_pairs_per_batch(min(settings.batch_size, max(p.num_points for p in prepared)),
-                                               settings.hidden, settings.order,
-                                               max(int(np.prod(p.moving.shape)) for p in prepared), device)
+        pairs_per_batch = memory.pairs_per_batch(min(settings.batch_size, max(p.num_points for p in prepared)),
+                                                 settings.hidden, settings.order,
+                                                 max(int(np.prod(p.moving.shape)) for p in prepared), device)
     # pairs with the same effective batch size can share a batched step
     groups: Dict[int, List[int]] = {}
     for i, p in enumerate(prepared):
@@ -364,9 +315,9 @@ def register_many(pairs: Sequence, *, pairs_per_batch: Optional[int] = None, pro
             t0 = time.perf_counter()
             if settings.symmetric:
                 trained = optimise(runs[chunk[0]].pairs, run_settings, progress=progress,
-                                   fwd_to_bwd=runs[chunk[0]].fwd_to_bwd)
+                                   fwd_to_bwd=runs[chunk[0]].fwd_to_bwd, governor=governor)
             else:
-                trained = optimise([prepared[i] for i in chunk], run_settings, progress=progress)
+                trained = optimise([prepared[i] for i in chunk], run_settings, progress=progress, governor=governor)
             for k, i in enumerate(chunk):
                 timings = {"optimise_s": trained.loop.seconds,
                            "ms_per_epoch": 1000.0 * trained.loop.seconds / max(trained.loop.epochs_run, 1),
@@ -376,10 +327,10 @@ def register_many(pairs: Sequence, *, pairs_per_batch: Optional[int] = None, pro
                 backward = (trained.sirens[1], runs[i].pairs[1]) if settings.symmetric else None
                 results[i] = _result(k, trained, prepared[i], inputs[i], settings, timings,
                                      extra={"pairs_in_batch": len(chunk), **_affine_record(runs[i])},
-                                     backward=backward)
+                                     backward=backward, governor=governor)
                 results[i].settings["backend_requested"] = settings.backend
                 results[i].timings["total_s"] = time.perf_counter() - t0
     return results
 
 
-__all__ = ["register", "register_many", "read_pair", "PairInputs", "auto_pairs_per_batch"]
+__all__ = ["register", "register_many", "read_pair", "PairInputs"]

@@ -66,8 +66,7 @@ def machine_info(device="cpu") -> dict:
 
 
 ENV_MALLOC = "IDIR_FAST_MALLOC"
-"""``keep`` or ``system``: overrides what :func:`keep_freed_memory` is asked (``register()`` on a CPU and the
-``idir-fast`` command ask for ``keep``; ``system`` leaves glibc's malloc as it is)."""
+"""``keep`` or ``system``: overrides what :func:`keep_freed_memory` is asked."""
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 _malloc_policy = "system"
@@ -79,30 +78,26 @@ def malloc_policy() -> str:
 
 
 def keep_freed_memory(keep: bool = True) -> bool:
-    """Make glibc's malloc keep freed memory in this process rather than hand it back to the OS.
+    """Make glibc's malloc keep freed memory in this process rather than hand it back to the OS — an opt-in for
+    a program of the caller's own; nothing in idir_fast applies it (a library call must not change the process's
+    allocator: its training steps and field writing reuse buffers made once instead).
 
-    Why: a training step on the CPU allocates and frees the same large tensors every step. glibc serves blocks
-    above its mmap threshold (dynamic, at most 32 MiB) with fresh ``mmap`` pages and unmaps them on free, and
-    trims the heap top once enough is free, so a step can zero-fill its memory again through page faults:
-    ~190,000 minor faults per bending step at 10,000 points × 3×256 with PyTorch's ops, ~290,000 with the fused
-    kernels (``benchmarks/malloc_policy.py``, record ``malloc_policy_20261126T040523Z.json``). With no mmap for
-    allocations (``M_MMAP_MAX`` 0) and trimming only beyond 2 GiB free (``M_TRIM_THRESHOLD``) the pages stay
-    mapped and are reused: that step ran 1.72 s → 1.27 s with the same arithmetic (PyTorch's ops, as the
-    backend uses there), 1.11 s with the fused kernels forced. The cost: the process keeps its peak heap after a run (up to the trim threshold). Applied
-    by :func:`idir_fast.register`/``register_many`` when they train on the CPU and by the ``idir-fast`` command;
-    ``IDIR_FAST_MALLOC=system`` keeps glibc as it comes.
-
-    Process-wide and not undone by ``keep=False`` (glibc offers no way back to its dynamic threshold); ``keep=False``
-    only skips the change. A no-op (returns ``False``) where the C library is not glibc.
+    What it does: no ``mmap`` for allocations (``M_MMAP_MAX`` 0) and trimming only beyond 2 GiB free
+    (``M_TRIM_THRESHOLD``), so a program that allocates and frees the same large blocks in a loop stops paying
+    page faults for them. The cost: the process keeps its peak heap. Process-wide and not undone by
+    ``keep=False`` (glibc offers no way back to its dynamic threshold); ``keep=False`` only skips the change. A
+    no-op (returns ``False``) where the C library is not glibc. Recorded in every report (``versions.malloc``).
 
     Args:
-        keep: ask for the policy (the environment variable ``IDIR_FAST_MALLOC`` overrides it).
+        keep: ask for the policy (the environment variable ``IDIR_FAST_MALLOC`` = keep/system overrides it).
 
     Returns:
         bool: whether the policy is in effect in this process.
     """
     global _malloc_policy
-    forced = os.environ.get(ENV_MALLOC, "").strip().lower()
+    from .config import env_value
+
+    forced = (env_value(ENV_MALLOC) or "").strip().lower()
     if forced and forced not in ("keep", "system"):
         raise InputError(f"environment variable {ENV_MALLOC}={forced!r} must be 'keep' or 'system'")
     if forced:

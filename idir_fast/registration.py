@@ -23,17 +23,16 @@ from .core.objectives import determinant
 from .core.sampling import trilinear
 from .core.siren import Siren
 from .errors import InputError
-from .io import files as io_files
+from . import memory
 from .io.figures import run_figures
-from .io.files import IMAGE_FORMATS, check_writable_prefix, human_bytes
-from .io.images import as_image, memory_checks_enabled
+from .io.files import IMAGE_FORMATS, check_writable_prefix
+from .io.images import as_image
 from .io.transforms import matrix_to_transform, write_itk_transform_to
 from .io.model_file import model_bytes, model_state, read_model_state, write_model_state
 from .io.outputs import OutputSet, new_run_id
-from .ops.siren_streams import siren_streams
+from .ops.siren_streams import StreamWorkspace, evaluate_streams, fused_available
 
-CHUNK_POINTS = {"cpu": 1 << 16, "cuda": 1 << 18}
-"""Points evaluated at once per device type: bounds the memory of field evaluation (S·chunk·width floats)."""
+from .memory import CHUNK_POINTS  # noqa: E402
 
 
 class Registration:
@@ -77,6 +76,7 @@ class Registration:
         self.moving = moving
         self.mask = mask
         self.metrics = dict(metrics or {})
+        self._workspaces: dict = {}
 
     # ------------------------------------------------------------------------------------------- evaluation
     @property
@@ -86,8 +86,12 @@ class Registration:
     def _u_streams(self, x_normalised: torch.Tensor, order: int, siren: Optional[Siren] = None) -> torch.Tensor:
         siren = siren or self.siren
         params = siren.parameter_list()
-        with torch.no_grad():
-            return siren_streams(params, siren.omega, x_normalised.to(params[0].dtype), order).double()
+        x = x_normalised.to(params[0].dtype)
+        key = (id(siren), order)
+        if key not in self._workspaces and fused_available(x):
+            # chunk after chunk of a grid reuse these buffers: nothing large is allocated per chunk
+            self._workspaces[key] = StreamWorkspace(siren.hidden, order, params[0].dtype)
+        return evaluate_streams(params, siren.omega, x, order, self._workspaces.get(key)).double()
 
     def set_backward(self, siren: Siren, world_to_normalised: np.ndarray) -> None:
         """Attach the backward network Ψ (moving → fixed) of a symmetric registration, with its frame (the moving
@@ -333,12 +337,13 @@ class Registration:
         return write_model_state(self._model_state(), path, run_id=run_id or new_run_id())
 
     def output_memory(self, itk_transform: bool = False, write_inverse: bool = False) -> dict:
-        """Estimated peak memory of :meth:`save` (see :func:`output_memory`)."""
+        """Estimated peak memory of :meth:`save` (:func:`idir_fast.memory.output_bytes`)."""
         moving = self.moving_geometry or (ImageGeometry.from_sitk(self.moving) if isinstance(self.moving, sitk.Image)
                                           else None)
-        return output_memory(self.fixed_geometry, moving, self.siren.hidden,
-                             next(self.siren.parameters()).element_size(), self.device,
-                             itk_transform=itk_transform, inverse=write_inverse or self.backward is not None)
+        return memory.output_bytes(int(np.prod(self.fixed_geometry.size)),
+                                   None if moving is None else int(np.prod(moving.size)), self.siren.hidden,
+                                   next(self.siren.parameters()).element_size(), self.device,
+                                   itk_transform=itk_transform, inverse=write_inverse or self.backward is not None)
 
     def save(self, prefix: Union[str, os.PathLike], *, field_format: str = ".nii.gz",
              write_warped: bool = True, write_jacobian: bool = True, itk_transform: bool = False,
@@ -372,7 +377,8 @@ class Registration:
         if field_format not in IMAGE_FORMATS:
             raise InputError(f"'field_format' must be one of {IMAGE_FORMATS}, got {field_format!r}")
         prefix = check_writable_prefix(prefix, "prefix")  # "out/" or an existing folder writes out/0Warp.nii.gz, …
-        check_output_memory(self.output_memory(itk_transform, write_inverse), self.device)
+        memory.check_outputs(self.output_memory(itk_transform, write_inverse), self.device,
+                             enabled=self.settings.get("memory_check"))
         with OutputSet(prefix) as outs:
             outs.image("field", "0Warp" + field_format, self.displacement_field())
             if not np.allclose(self.world_affine, np.eye(4)):
@@ -411,38 +417,6 @@ class Registration:
         s = self.settings
         return (f"Registration(regularizer={s.get('regularizer')!r}, epochs={s.get('epochs')}, "
                 f"backend={s.get('backend')!r}, grid={self.fixed_geometry.size})")
-
-
-def output_memory(fixed_geometry: ImageGeometry, moving_geometry: Optional[ImageGeometry], hidden, dtype_bytes: int,
-                  device, *, itk_transform: bool = False, inverse: bool = False) -> dict:
-    """Estimated peak bytes of writing a run's outputs: ``host`` (a vector field assembled in NumPy, its
-    SimpleITK image and the writer's copy: 36 bytes per fixed voxel, 48 with the float64 field of the ITK
-    transform; the inverse field likewise per moving voxel) and ``device`` (one chunk of network streams, and the
-    moving volume in float64 for ``Warped``)."""
-    nf = int(np.prod(fixed_geometry.size))
-    nm = int(np.prod(moving_geometry.size)) if moving_geometry is not None else nf
-    host = nf * (48 if itk_transform else 36) + (nm * 36 if inverse else 0)
-    chunk = min(CHUNK_POINTS.get(torch.device(device).type, 1 << 16), max(nf, nm))
-    work = chunk * max(hidden) * 4 * int(dtype_bytes) * 5  # 4 streams (order 1: det J), ~5 live (measured)
-    return {"host": host, "device": work + nm * 8}
-
-
-def check_output_memory(estimate: dict, device, name: str = "fixed") -> None:
-    """:class:`InputError` naming ``name`` when :func:`output_memory`'s estimate exceeds the memory available."""
-    if not memory_checks_enabled():
-        return
-    dev = torch.device(device)
-    host_need = estimate["host"] + (estimate["device"] if dev.type == "cpu" else 0)
-    avail = io_files.available_memory()
-    if host_need > avail:
-        raise InputError(f"'{name}': writing the outputs on its grid needs about {human_bytes(host_need)} of memory, "
-                         f"{human_bytes(avail)} is available; crop or downsample the image, or use a machine with "
-                         "more memory")
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        if estimate["device"] > free:
-            raise InputError(f"'{name}': evaluating the outputs needs about {human_bytes(estimate['device'])} on "
-                             f"{dev}, {human_bytes(free)} is free")
 
 
 def load(path: Union[str, os.PathLike], moving=None, device=None) -> Registration:

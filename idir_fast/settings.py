@@ -16,20 +16,25 @@ import numpy as np
 import torch
 
 from . import backends
+from .config import setting_default
 from .core import objectives
+from .core.compat import COMPAT, COMPAT_MODES, CompatProfile, check_compat
 from .core.geometry import NORMALISATIONS
 from .core.siren import INITS
 from .errors import InputError
+from .threads import check_threads
 
-COMPAT_LR = {"idir-2022": 1e-5}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOOPS = ("fast", "eager")
 
 
-def _setting(default, help: str, *, parse: Optional[Callable[[str], Any]] = None, choices=None,
-             metavar: Optional[str] = None, cli: bool = True):
-    return field(default=default, metadata={"help": help, "parse": parse, "choices": choices, "metavar": metavar,
-                                            "cli": cli})
+def _setting(default, help: str, *, check: Optional[Callable[[Any], Any]] = None, parse=None, choices=None,
+             metavar: Optional[str] = None, cli: bool = True, shown: Optional[str] = None):
+    """A field of :class:`RunSettings`. ``check`` validates and normalises a value (raising
+    :class:`InputError`); without one, ``choices`` are the allowed values; ``parse`` turns command-line text into
+    a value; ``shown`` is the default as ``--help`` states it."""
+    return field(default=default, metadata={"help": help, "check": check, "parse": parse, "choices": choices,
+                                            "metavar": metavar, "cli": cli, "shown": shown})
 
 
 def parse_hidden(text: str) -> Tuple[int, ...]:
@@ -43,118 +48,112 @@ def parse_hidden(text: str) -> Tuple[int, ...]:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Settings of one registration run (see README, "Settings and defaults").
+    """Settings of one registration run (see README, "Settings").
 
-    ``None`` means "derived": from ``compat`` (``alpha``, ``lr``, ``init``, ``normalisation``), from the
-    environment (``precision``) or from the machine (``device``); :meth:`resolved` fills them in.
+    ``None`` means "derived": from ``compat`` (:data:`idir_fast.core.compat.COMPAT`), from the schedule, from the
+    environment (:mod:`idir_fast.config`: a variable gives a field's default) or from the machine (``device``);
+    :meth:`resolved` fills them in. Every field is validated once, by the check its metadata declares.
     """
 
     regularizer: Optional[str] = _setting(
         "bending", "regulariser on Φ: none, jacobian (|1 − det J|), hyperelastic (Burger et al.), bending (energy "
-        "of the Hessian, paper eq. 3)", choices=[r.label for r in
-                                                                     objectives.REGULARIZERS.values()])
+        "of the Hessian, paper eq. 3)", check=lambda v: _value_error(objectives.check_regularizer, v),
+        choices=[r.label for r in objectives.REGULARIZERS.values()])
     alpha: Optional[float] = _setting(None, "regulariser weight α (default: per regulariser and compat, README)",
-                                      parse=float)
+                                      check=lambda v: _number(v, "alpha", "a finite number ≥ 0", lambda x: x >= 0),
+                                      parse=float, shown="derived")
     schedule: str = _setting(
         "auto", "auto: coarse-to-fine stages and a network sized for the device (README, 'Time to accuracy'); "
         "paper: the paper's single stage (3×256, 10,000 points × 2500 steps, lr 1e-4)", choices=["auto", "paper"])
-    epochs: Optional[int] = _setting(None, "optimisation steps in all (default: from the schedule)", parse=int)
+    epochs: Optional[int] = _setting(None, "optimisation steps in all (default: from the schedule)", parse=int,
+                                     check=lambda v: _positive_int(v, "epochs"))
     batch_size: Optional[int] = _setting(
-        None, "points drawn from the fixed mask per step, in the last stage (default: from the schedule)", parse=int)
+        None, "points drawn from the fixed mask per step, in the last stage (default: from the schedule)", parse=int,
+        check=lambda v: _positive_int(v, "batch_size"))
     lr: Optional[float] = _setting(None, "peak Adam learning rate (default: from the schedule; 1e-5 with --compat "
-                                         "idir-2022)", parse=float)
+                                         "idir-2022)", parse=float,
+                                   check=lambda v: _number(v, "lr", "a positive number", lambda x: x > 0))
     hidden: Optional[Tuple[int, ...]] = _setting(None, "SIREN sine-layer widths, comma-separated (default: from "
-                                                       "the schedule)", parse=parse_hidden, metavar="W,W,W")
+                                                       "the schedule)", parse=parse_hidden, metavar="W,W,W",
+                                                 check=lambda v: _hidden(v))
     omega: Optional[float] = _setting(None, "SIREN frequency ω of every sine layer (default: from the schedule)",
-                                      parse=float)
+                                      parse=float,
+                                      check=lambda v: _number(v, "omega", "a finite positive number", lambda x: x > 0))
     tol: Optional[float] = _setting(
         None, "stop a stage early when the loss improves by less than this per step, relative to its range so far "
-        "(0: never; default: from the schedule)", parse=float)
+        "(0: never; default: from the schedule)", parse=float,
+        check=lambda v: _number(v, "tol", "a finite number ≥ 0", lambda x: x >= 0))
     seed: int = _setting(0, "seed of the network init and the point sampling (same seed → same result on CPU)",
-                         parse=int)
+                         parse=int, check=lambda v: _seed(v))
     compat: Optional[str] = _setting(
         None, "'idir-2022' reproduces the released IDIR code's quirks (N−1 NCC, bending weights, init, lr, "
         "per-axis normalisation); default: the paper's equations",
-        choices=[c or "none" for c in objectives.COMPAT_MODES])
-    init: Optional[str] = _setting(None, "SIREN initialisation (default: identity, i.e. Φ starts as the identity; idir-2022 with --compat idir-2022)",
-                                   choices=list(INITS))
+        choices=[c or "none" for c in COMPAT_MODES], check=lambda v: _value_error(check_compat, v))
+    init: Optional[str] = _setting(None, "SIREN initialisation (default: identity, i.e. Φ starts as the identity; "
+                                         "idir-2022 with --compat idir-2022)", choices=list(INITS))
     normalisation: Optional[str] = _setting(
         None, "network coordinate frame (default: isotropic; per-axis with --compat idir-2022)",
         choices=list(NORMALISATIONS))
     dtype: torch.dtype = _setting(torch.float32, "floating-point type of the optimisation", parse=str,
-                                  choices=list(DTYPES))
-    device: Optional[str] = _setting(None, "cpu, cuda, cuda:1 … (default: cuda when available)")
-    backend: str = _setting("auto", "compute backend: " + "; ".join(f"{b.name} = {b.summary}" for b in
-                                                                     backends.BACKENDS.values())
-                            + "; auto picks the fastest available for the device",
-                            choices=list(backends.names()) + ["auto"])
+                                  choices=list(DTYPES), check=lambda v: _dtype(v), shown="float32")
+    device: Optional[str] = _setting(None, "cpu, cuda, cuda:1 … (default: cuda when available)",
+                                     check=lambda v: str(_parse_device(v)), shown="derived")
+    backend: Optional[str] = _setting(
+        None, "compute backend: " + "; ".join(f"{b.name} = {b.summary}" for b in backends.BACKENDS.values())
+        + "; auto picks the fastest available for the device (default: auto, or $IDIR_FAST_BACKEND)",
+        choices=list(backends.names()) + ["auto"], check=lambda v: _value_error(backends.check_name, v))
     precision: Optional[str] = _setting(
         None, "matrix-product precision of the Triton kernels: ieee, tf32x3, tf32 (default: $IDIR_FAST_PRECISION "
         "or ieee)", choices=list(backends.PRECISIONS))
+    cpu_kernels: Optional[str] = _setting(
+        None, "the stream algebra of a CPU step: fused (compiled kernels, the step's large tensors made once and "
+        "reused) or ops (PyTorch's ops: the same maths in another float32 rounding order) (default: fused, or "
+        "ops with IDIR_FAST_CPU_FUSED=0)", choices=["fused", "ops"])
+    threads: Any = _setting(
+        None, "CPU threads of the run: auto (the cores this process may use — affinity mask, cgroup CPU quota — "
+        "divided among the cohort's workers, one fewer while the run's threads queue behind other busy processes) "
+        "or a number; results do not depend on it (default: auto, or $IDIR_FAST_THREADS)", metavar="auto|N",
+        check=lambda v: check_threads(v))
+    self_check: Optional[bool] = _setting(
+        None, "compare a fast backend with the reference on its first use in the process and fall back on a "
+        "mismatch (default: on; IDIR_FAST_SELF_CHECK=0 turns it off)", check=lambda v: _bool(v, "self_check"),
+        cli=False)
+    memory_check: Optional[bool] = _setting(
+        None, "refuse a run whose estimated memory does not fit, before any work (default: on; "
+        "IDIR_FAST_NO_MEMORY_CHECK=1 turns it off)", check=lambda v: _bool(v, "memory_check"), cli=False)
     loop: str = _setting("fast", "optimisation loop: fast (no per-step host reads; CUDA graph on a GPU) or eager "
                                  "(reads the loss every step; the reference the fast loop is tested against)",
                          choices=list(LOOPS), cli=False)
     affine: Optional[str] = _setting(
         None, "affine stage before the SIREN: auto (SimpleITK, correlation metric, 3-level pyramid; starts from "
-        "--initial-transform when given) or none", choices=["auto", "none"])
+        "--initial-transform when given) or none", choices=["auto", "none"], check=lambda v: _affine(v))
     symmetric: bool = _setting(
         False, "train a forward and a backward SIREN together with a cycle-consistency term (ccIDIR); writes both "
-        "fields and the consistency map, a per-voxel uncertainty")
+        "fields and the consistency map, a per-voxel uncertainty", check=lambda v: _bool(v, "symmetric"))
     alpha_cycle: float = _setting(
         1e-2, "weight of the cycle-consistency term with --symmetric (per mm² of mean squared cycle error)",
-        parse=float)
+        parse=float, check=lambda v: _number(v, "alpha_cycle", "a finite number ≥ 0", lambda x: x >= 0))
     consistency_flag_mm: float = _setting(
         2.0, "with --symmetric: a pair is flagged as doubtful when the 95th percentile of its cycle error in the "
-        "mask exceeds this (mm)", parse=float)
+        "mask exceeds this (mm)", parse=float,
+        check=lambda v: _number(v, "consistency_flag_mm", "a finite positive number", lambda x: x > 0))
 
     def __post_init__(self):
-        set_ = object.__setattr__
-        try:
-            set_(self, "regularizer", objectives.check_regularizer(self.regularizer))
-            set_(self, "compat", objectives.check_compat(self.compat))
-            set_(self, "backend", backends.check_name(self.backend))
-            if self.precision is not None:
-                set_(self, "precision", backends.check_precision(self.precision))
-        except ValueError as err:
-            raise InputError(str(err)) from None
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) is not None:
-                set_(self, name, _positive_int(getattr(self, name), name))
-        if self.schedule not in ("auto", "paper"):
-            raise InputError(f"'schedule' must be 'auto' or 'paper', got {self.schedule!r}")
-        if self.tol is not None:
-            set_(self, "tol", _number(self.tol, "tol", "a finite number ≥ 0", lambda v: v >= 0))
-        set_(self, "seed", _seed(self.seed))
-        if self.alpha is not None:
-            set_(self, "alpha", _number(self.alpha, "alpha", "a finite number ≥ 0", lambda v: v >= 0))
-        if self.lr is not None:
-            set_(self, "lr", _number(self.lr, "lr", "a positive number", lambda v: v > 0))
-        if self.omega is not None:
-            set_(self, "omega", _number(self.omega, "omega", "a finite positive number", lambda v: v > 0))
-        if self.hidden is not None:
-            set_(self, "hidden", _hidden(self.hidden))
-        if self.init is not None and self.init not in INITS:
-            raise InputError(f"'init' must be one of {INITS}, got {self.init!r}")
-        if self.normalisation is not None and self.normalisation not in NORMALISATIONS:
-            raise InputError(f"'normalisation' must be one of {NORMALISATIONS}, got {self.normalisation!r}")
-        set_(self, "dtype", _dtype(self.dtype))
-        if self.device is not None:
-            set_(self, "device", str(_parse_device(self.device)))
-        if self.loop not in LOOPS:
-            raise InputError(f"'loop' must be one of {LOOPS}, got {self.loop!r}")
-        if isinstance(self.affine, str) and self.affine.lower() == "none":
-            set_(self, "affine", None)
-        if self.affine not in (None, "auto"):
-            raise InputError(f"'affine' must be 'auto' or None, got {self.affine!r}")
-        if not isinstance(self.symmetric, (bool, np.bool_)):
-            raise InputError(f"'symmetric' must be True or False, got {self.symmetric!r}")
-        set_(self, "symmetric", bool(self.symmetric))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                found, value = setting_default(f.name)  # an environment variable may give the default
+                if not found:
+                    value = _BUILT_IN_DEFAULTS.get(f.name)
+            check, choices = f.metadata.get("check"), f.metadata.get("choices")
+            if value is not None and check is not None:
+                value = check(value)
+            elif value is not None and choices is not None and value not in choices:
+                raise InputError(f"'{f.name}' must be one of {tuple(choices)}, got {value!r}")
+            object.__setattr__(self, f.name, value)
         if self.symmetric and self.backend not in ("auto", "torch"):
             raise InputError("'symmetric' trains the forward and backward networks in one batched step of the "
                              f"'torch' backend; backend={self.backend!r} cannot")
-        set_(self, "alpha_cycle", _number(self.alpha_cycle, "alpha_cycle", "a finite number ≥ 0", lambda v: v >= 0))
-        set_(self, "consistency_flag_mm", _number(self.consistency_flag_mm, "consistency_flag_mm",
-                                                  "a finite positive number", lambda v: v > 0))
 
     # ------------------------------------------------------------------------------------------- derived
     @property
@@ -167,6 +166,10 @@ class RunSettings:
         return self.regularizer_spec.order
 
     @property
+    def compat_profile(self) -> CompatProfile:
+        return COMPAT[self.compat]
+
+    @property
     def profile(self):
         """The schedule's profile for this device (:mod:`idir_fast.schedule`)."""
         from .schedule import profile_for
@@ -175,8 +178,8 @@ class RunSettings:
 
     @property
     def schedule_name(self) -> str:
-        """``compat="idir-2022"`` reproduces the released code, so it runs the paper's schedule unless told."""
-        return "paper" if self.compat == "idir-2022" else self.schedule
+        """A compat mode may run its own schedule (``idir-2022``: the paper's, as the released code)."""
+        return self.compat_profile.schedule or self.schedule
 
     def stages(self):
         """The stages of the run (resolved settings): :func:`idir_fast.schedule.build_stages`."""
@@ -186,7 +189,7 @@ class RunSettings:
 
     def resolved(self) -> "RunSettings":
         """A copy with every derived value filled in and the device checked against this machine."""
-        profile = self.profile
+        profile, compat = self.profile, self.compat_profile
         return dataclasses.replace(
             self,
             schedule=self.schedule_name,
@@ -194,10 +197,10 @@ class RunSettings:
             hidden=self.hidden or profile.hidden, omega=self.omega or profile.omega,
             tol=profile.tol if self.tol is None else self.tol,
             alpha=self.regularizer_spec.default_alpha(self.compat) if self.alpha is None else self.alpha,
-            lr=self.lr or COMPAT_LR.get(self.compat, profile.lr),
-            init=self.init or ("idir-2022" if self.compat == "idir-2022" else profile.init),
-            normalisation=self.normalisation or ("per-axis" if self.compat == "idir-2022" else "isotropic"),
-            precision=backends.check_precision(self.precision),
+            lr=self.lr or compat.lr or profile.lr,
+            init=self.init or compat.init or profile.init,
+            normalisation=self.normalisation or compat.normalisation,
+            precision=self.precision or backends.DEFAULT_PRECISION,
             device=str(_device_for_backend(self.backend, self.device)),
         )
 
@@ -242,7 +245,33 @@ class RunSettings:
         return dataclasses.replace(settings, **options) if options else settings
 
 
+_BUILT_IN_DEFAULTS = {"backend": "auto", "cpu_kernels": "fused", "threads": "auto", "self_check": True,
+                      "memory_check": True}
+"""Defaults of the fields whose default an environment variable may give (:mod:`idir_fast.config`)."""
+
+
 # ------------------------------------------------------------------------------------------- validation
+def _value_error(check, value):
+    try:
+        return check(value)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
+def _bool(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"'{name}' must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _affine(value):
+    if isinstance(value, str) and value.lower() == "none":
+        return None
+    if value != "auto":
+        raise InputError(f"'affine' must be 'auto' or None, got {value!r}")
+    return value
+
+
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise InputError(f"'{name}' must be a positive integer, got {value!r}")
@@ -399,4 +428,4 @@ def with_setting_parameters(func):
 
 
 __all__ = ["RunSettings", "resolve_device", "add_cli_options", "options_from_cli", "with_setting_parameters",
-           "parse_hidden", "COMPAT_LR"]
+           "parse_hidden"]

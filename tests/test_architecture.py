@@ -13,23 +13,24 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "idir_fast"
 
 # layer → the layers its modules may import (besides themselves and the leaf modules below)
-LEAVES = {"errors", "version", "_C"}  # _C: the compiled extension
+LEAVES = {"errors", "version", "_C", "config", "threads"}  # _C: the compiled extension; config: the environment
 ALLOWED = {
     "core": set(),
     "kernels": {"core", "ops"},
     "ops": {"core"},
     "backends": {"core", "ops", "kernels"},
     "environment": set(),
+    "memory": {"core"},
     "schedule": set(),
     "settings": {"core", "backends", "kernels", "schedule"},
-    "io": {"core"},
+    "io": {"core", "memory"},
     "data": {"core", "io"},
     "optim": {"core", "ops", "kernels", "backends", "settings", "io", "schedule"},
-    "registration": {"core", "ops", "io"},
+    "registration": {"core", "ops", "io", "memory"},
     "api": {"core", "ops", "kernels", "backends", "settings", "optim", "io", "registration", "environment",
-            "schedule"},
+            "schedule", "memory"},
     "apps": {"core", "ops", "kernels", "backends", "settings", "optim", "io", "registration", "environment", "api",
-             "data", "apps", "schedule"},
+             "data", "apps", "schedule", "memory"},
     "__init__": {"api", "apps", "registration", "settings", "environment"},
     "__main__": {"apps"},
 }

@@ -231,3 +231,75 @@ def test_cohort_folders_and_files_honour_the_umask(cohort_dir, tmp_path):
     assert (tmp_path / "out" / "p0").stat().st_mode & 0o777 == 0o755
     assert {p.stat().st_mode & 0o777 for p in (tmp_path / "out" / "p0").iterdir()} == {0o644}
     assert (tmp_path / "out" / "summary.csv").stat().st_mode & 0o777 == 0o644
+
+
+# ------------------------------------------------------------------------------- issue #21: workers × threads
+def test_workers_side_by_side_give_the_results_of_one_worker(cohort_dir, tmp_path):
+    """Two worker processes and one in-process worker give the same pairs, bit for bit (same seed, same settings;
+    the thread count does not change results), and failures stay isolated in either layout."""
+    kw = dict(FAST_KW, progress=False)
+    one = register_cohort(cohort_dir / "manifest.csv", tmp_path / "one", workers=1, **kw)
+    two = register_cohort(cohort_dir / "manifest.csv", tmp_path / "two", workers=2, **kw)
+    assert one["plan"]["workers"] == 1 and two["plan"]["workers"] == 2
+    assert (one["completed"], one["failed"]) == (two["completed"], two["failed"]) == (3, 2)
+    for a, b in zip(one["pairs"], two["pairs"]):
+        assert (a["pair_id"], a["status"]) == (b["pair_id"], b["status"])
+        if a["status"] == "ok":
+            assert a["tre_after_mean"] == b["tre_after_mean"] and a["folded_voxels"] == b["folded_voxels"]
+        else:
+            assert a["error"].split(":")[0] == b["error"].split(":")[0]
+
+
+def _plan(cohort_dir, **kw):
+    from idir_fast import RunSettings
+    from idir_fast.apps.cohort import plan_workers
+
+    pairs = read_manifest(cohort_dir / "manifest.csv")
+    return plan_workers(pairs, RunSettings(device="cpu", **kw.pop("settings", {})), **kw)
+
+
+def test_the_plan_uses_every_usable_core_with_one_thread_each(cohort_dir, monkeypatch):
+    from idir_fast import threads
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    assert (_plan(cohort_dir).workers, _plan(cohort_dir).threads) == (4, 1)
+    assert (_plan(cohort_dir, workers=2).workers, _plan(cohort_dir, workers=2).threads) == (2, 2)
+    plan = _plan(cohort_dir, settings=dict(threads=2))
+    assert (plan.workers, plan.threads) == (2, 2)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 64)
+    assert _plan(cohort_dir).workers == 5  # never more workers than pairs
+    with pytest.raises(InputError, match="'workers' must be a positive integer"):
+        _plan(cohort_dir, workers=0)
+
+
+def test_the_plan_leaves_out_workers_whose_memory_would_not_fit(cohort_dir, monkeypatch):
+    from idir_fast import memory, threads
+    from idir_fast.apps import cohort
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 8)
+    monkeypatch.setattr(memory, "available_host_memory", lambda: int(3.5 * cohort.WORKER_OVERHEAD_BYTES))
+    plan = _plan(cohort_dir)
+    assert plan.workers == 2 and plan.threads == 4 and "memory" in plan.reason
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no affinity masks on this OS")
+def test_the_plan_respects_the_affinity_mask(cohort_dir):
+    """Run in a child process pinned to one CPU: one worker, one thread."""
+    code = ("import json, os\nfrom idir_fast import RunSettings\nfrom idir_fast.apps.cohort import plan_workers, "
+            "read_manifest\nos.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+            f"pairs = read_manifest({str(cohort_dir / 'manifest.csv')!r})\n"
+            "p = plan_workers(pairs, RunSettings(device='cpu'))\nprint(json.dumps([p.workers, p.threads]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, 1]
+
+
+def test_the_command_takes_workers_and_threads(cohort_dir, tmp_path, capsys):
+    rc = main(["cohort", str(cohort_dir / "manifest.csv"), "--out", str(tmp_path / "o"), "--workers", "2",
+               "--threads", "1", *FAST])
+    out = capsys.readouterr().out
+    assert rc == 1 and "2 worker(s) × 1 thread(s)" in out  # two bad pairs in the manifest
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["plan"]["workers"] == 2 and summary["completed"] == 3
+    report = json.loads((tmp_path / "o" / "p0" / "report.json").read_text())
+    assert report["settings"]["threads"] == 1 and report["settings"]["threads_used"]["max"] == 1

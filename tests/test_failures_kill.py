@@ -43,14 +43,16 @@ def spawn(tmp_path):
     """``spawn(args, point)``: start ``python *args`` paused at ``point`` and return it once it is there."""
     procs = []
 
-    def start(args, point):
+    def start(args, point, any_pid=False):
+        """With ``any_pid``, a process it starts may be the one to pause (a cohort's worker)."""
         (tmp_path / "logs").mkdir(exist_ok=True)
         err = tmp_path / "logs" / f"stderr-{len(procs)}.txt"
         env = dict(os.environ, IDIR_FAST_TEST_PAUSE=f"{point}:{PAUSE_S}")
         with open(err, "w") as fh:
             proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=fh, env=env)
         procs.append(proc)
-        marker, deadline = f"IDIR_FAST_TEST_PAUSE reached {point} (pid {proc.pid})", time.monotonic() + REACH_S
+        marker = f"IDIR_FAST_TEST_PAUSE reached {point} (pid {'' if any_pid else proc.pid}"
+        deadline = time.monotonic() + REACH_S
         while marker not in err.read_text(errors="replace"):
             if proc.poll() is not None:
                 pytest.fail(f"the writer ended (status {proc.returncode}) before reaching {point!r}:\n"
@@ -146,7 +148,8 @@ def test_cohort_killed_while_saving_a_pair_then_resumed(point, inputs, tmp_path,
     p0 = final_files(out / "p0")
     p0_mtime = (out / "p0" / "model.pt").stat().st_mtime_ns
     summary_before = (out / "summary.json").read_bytes()
-    proc = spawn(["-m", "idir_fast", "cohort", str(inputs / "three.csv"), "--out", str(out), *FLAGS], point)
+    proc = spawn(["-m", "idir_fast", "cohort", str(inputs / "three.csv"), "--out", str(out), "--workers", "1",
+                  *FLAGS], point)
     for state in ("paused", "killed"):  # p0 skipped, the kill lands inside p1's save
         if state == "killed":
             kill_9(proc)
@@ -164,6 +167,44 @@ def test_cohort_killed_while_saving_a_pair_then_resumed(point, inputs, tmp_path,
     assert (out / "p0" / "model.pt").stat().st_mtime_ns == p0_mtime and final_files(out / "p0") == p0  # not redone
     for pid in ("p1", "p2"):  # the killed pair redone, the one never started done
         assert verify_output_set(os.path.join(out, pid, "")) == []
+    assert sorted(p.name for p in out.iterdir()) == [".idir_fast-cohort.lock", "p0", "p1", "p2", "summary.csv",
+                                                     "summary.json"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_cohort_with_worker_processes_killed_while_saving_then_resumed(inputs, tmp_path, spawn):
+    """Two workers side by side, both paused with their pair whole in its temporary folder; the run (the parent)
+    is killed: its workers die with it (they never rename a pair in after the run that holds the lock is gone),
+    no unfinished pair appears under its final name, and the resume redoes both."""
+    out = tmp_path / "runs"
+    register_cohort(inputs / "one.csv", out, **KW)
+    p0 = final_files(out / "p0")
+    proc = spawn(["-m", "idir_fast", "cohort", str(inputs / "three.csv"), "--out", str(out), "--workers", "2",
+                  *FLAGS], "cohort-pair-saved", any_pid=True)
+    deadline = time.monotonic() + REACH_S
+    while len([n for n in os.listdir(out) if ".tmp-" in n]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the second worker reaching its pause
+    tmp = sorted(n for n in os.listdir(out) if ".tmp-" in n)
+    assert [n.split(".tmp-")[0] for n in tmp] == [".p1", ".p2"], tmp
+    workers = {int(n.split(".tmp-")[1].split("-")[0]) for n in tmp}
+    assert proc.pid not in workers and all(_alive(w) for w in workers)
+    kill_9(proc)
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "a worker outlived the cohort run that started it"
+    names = sorted(p.name for p in out.iterdir())
+    assert "p1" not in names and "p2" not in names, names
+    assert final_files(out / "p0") == p0
+    summary = register_cohort(inputs / "three.csv", out, **KW)
+    assert summary["completed"] == 3 and summary["failed"] == 0
     assert sorted(p.name for p in out.iterdir()) == [".idir_fast-cohort.lock", "p0", "p1", "p2", "summary.csv",
                                                      "summary.json"]
 

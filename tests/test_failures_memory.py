@@ -9,7 +9,7 @@ import idir_fast
 import idir_fast.api
 from idir_fast import InputError
 from idir_fast.apps.cli import main
-from idir_fast.io import files as io_files
+from idir_fast import memory
 from idir_fast.io.images import as_image
 
 KW = dict(epochs=2, batch_size=50, hidden=(8,), progress=False, device="cpu")
@@ -25,7 +25,7 @@ def no_optimisation(monkeypatch):
 
 
 def _memory(monkeypatch, nbytes):
-    monkeypatch.setattr(io_files, "available_memory", lambda: int(nbytes))
+    monkeypatch.setattr(memory, "available_host_memory", lambda: int(nbytes))
 
 
 def test_a_network_too_wide_for_memory_names_batch_size_and_hidden(tiny_pair, monkeypatch, no_optimisation):

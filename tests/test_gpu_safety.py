@@ -54,7 +54,7 @@ def test_the_check_fails_on_the_old_bending_step(monkeypatch):
         weights = torch.tensor(w, dtype=H6.dtype, device=H6.device)
         return (H6 * H6 * weights).sum(-1).sum(-1).mean()
 
-    old = objectives.Regularizer("bending", 2, 1e-3, 10.0, old_bending)
+    old = objectives.Regularizer("bending", 2, old_bending)
     monkeypatch.setitem(objectives.REGULARIZERS, "bending", old)
     step, pair = make_step("torch", "bending", 400, (16, 16), "cpu")
     violations = check_step(step, _sampler([pair]))
@@ -74,7 +74,7 @@ def test_the_check_finds_host_reads_and_tensors_off_the_device():
 def test_automatic_backend_that_fails_falls_back_once_and_the_report_says_so(tiny_pair, monkeypatch):
     """An automatically chosen backend that fails its first use is replaced by the next one, with one warning;
     the report records the backend actually used and why; an explicit request raises instead."""
-    def broken(params, omega, x, order, precision=None):
+    def broken(params, omega, x, order, precision=None, workspace=None):
         raise RuntimeError("simulated compile failure")
 
     monkeypatch.setitem(backends.BACKENDS, "triton", backends.Backend(
@@ -94,8 +94,8 @@ def test_a_wrong_kernel_is_caught_by_the_first_use_self_check(tiny_pair, monkeyp
     """A backend whose numbers are wrong (here: J off by 1 %) never silently trains: auto falls back."""
     good = backends.BACKENDS["torch"]
 
-    def wrong(params, omega, x, order, precision=None):
-        d = good.derivatives(params, omega, x, order, precision)
+    def wrong(params, omega, x, order, precision=None, workspace=None):
+        d = good.derivatives(params, omega, x, order, precision, workspace=workspace)
         return d._replace(J=None if d.J is None else d.J * 1.01)
 
     monkeypatch.setitem(backends.BACKENDS, "triton", backends.Backend(

@@ -132,31 +132,78 @@ def test_fused_cpu_streams_equal_the_reference_float64(order, hidden, n):
 
 
 @needs_fused
-def test_torch_backend_uses_the_fused_cpu_kernels_where_the_rule_says(monkeypatch):
-    """Up to FUSED_MAX_ELEMENTS (points × widest layer), PyTorch ops beyond, whatever the allocator policy;
-    IDIR_FAST_CPU_FUSED=1/0 overrides."""
-    import idir_fast.environment as environment
+def test_torch_backend_uses_the_fused_cpu_kernels_unless_the_workspace_says_ops(monkeypatch):
+    """On a CPU the compiled kernels run at every size (with the step's workspace or without one);
+    ``cpu_kernels="ops"`` (a workspace with ``fused=False``) runs PyTorch's ops."""
+    from idir_fast import backends
 
     calls = []
     real = _ops._CpuStreamsFunction.apply
     monkeypatch.setattr(_ops._CpuStreamsFunction, "apply", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.delenv(_ops.ENV_CPU_FUSED, raising=False)
-    monkeypatch.setattr(environment, "_malloc_policy", "system")
     siren = random_siren((16, 16), 8.0, 1.0, torch.float32, seed=1)
-    monkeypatch.setattr(_ops, "FUSED_MAX_ELEMENTS", 10 * 16)
-    derivatives("torch", siren, random_points(10, torch.float32), 2)
-    assert calls == [1]
-    derivatives("torch", siren, random_points(11, torch.float32), 2)  # 11 × 16 > 160: PyTorch ops
-    assert calls == [1]
-    monkeypatch.setattr(environment, "_malloc_policy", "keep-freed")  # the rule waits for an accuracy record
-    derivatives("torch", siren, random_points(11, torch.float32), 2)
-    assert calls == [1]
-    monkeypatch.setenv(_ops.ENV_CPU_FUSED, "1")
-    derivatives("torch", siren, random_points(1000, torch.float32), 2)
+    p = siren.parameter_list()
+    torch_backend = backends.get("torch")
+    for n in (10, 5000):
+        torch_backend.derivatives(p, siren.omega, random_points(n, torch.float32), 2)
     assert calls == [1, 1]
-    monkeypatch.setenv(_ops.ENV_CPU_FUSED, "0")
-    derivatives("torch", siren, random_points(10, torch.float32), 2)
-    assert calls == [1, 1]
+    fused = torch_backend.workspace((16, 16), 2, torch.float32, torch.device("cpu"), "fused")
+    ops = torch_backend.workspace((16, 16), 2, torch.float32, torch.device("cpu"), "ops")
+    assert fused.fused and not ops.fused
+    torch_backend.derivatives(p, siren.omega, random_points(10, torch.float32), 2, workspace=fused)
+    assert calls == [1, 1, 1]
+    torch_backend.derivatives(p, siren.omega, random_points(10, torch.float32), 2, workspace=ops)
+    assert calls == [1, 1, 1]
+
+
+@needs_fused
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_workspace_streams_equal_the_allocating_ones_bit_for_bit_and_reuse_their_buffers(order):
+    """With a workspace the fused streams and every parameter gradient are the same numbers as without one (the
+    same operations, written into buffers), across point counts and repeated steps, and the buffers are reused:
+    the second step of a size allocates no new large tensor."""
+    siren = random_siren((17, 40, 23), 16.0, 1.0, torch.float32, seed=order)
+    ws = _ops.StreamWorkspace((17, 40, 23), order, torch.float32)
+    for n in (33, 7, 33):
+        x = random_points(n, torch.float32, seed=n)
+        got, want = [], []
+        for workspace, out in ((ws, got), (None, want)):
+            p = [t.detach().clone().requires_grad_(True) for t in siren.parameter_list()]
+            u = _ops.siren_streams_fused(p, siren.omega, x, order, workspace)
+            g = torch.randn(u.shape, generator=torch.Generator().manual_seed(n))
+            out += [u.detach().clone()] + list(torch.autograd.grad((u * g).sum(), p))
+        for k, (a, b) in enumerate(zip(got, want)):
+            assert torch.equal(a, b), f"tensor {k} (0: u, then gradients) differs at n={n}"
+    held = ws.nbytes()
+    ptrs = {id(t): t.data_ptr() for t in ws.forward_buffers(33)["a"]}
+    x = random_points(33, torch.float32, seed=99)
+    p = [t.detach().clone().requires_grad_(True) for t in siren.parameter_list()]
+    u = _ops.siren_streams_fused(p, siren.omega, x, order, ws)
+    torch.autograd.grad(u.sum(), p)
+    assert ws.nbytes() == held
+    assert {id(t): t.data_ptr() for t in ws.forward_buffers(33)["a"]} == ptrs
+
+
+def test_cpu_step_makes_no_large_allocation_after_its_first():
+    """A whole training step of the default CPU path (fused kernels, the step's workspace) allocates nothing of
+    the size of the network's stream tensors (S·N·width) once it has run — only per-point tensors of the objective
+    (J, H: N·18 floats) — so glibc has no large block to map and zero-fill afresh every step, whatever the
+    process's malloc settings (``register()`` no longer changes them)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from idir_fast.apps.bench import make_step
+
+    if not _ops.fused_available(torch.zeros(1, 3)):
+        pytest.skip("compiled extension without the stream kernels")
+    step, pair = make_step("torch", "bending", 2000, (64, 64, 64), "cpu")
+    x, f = pair.points[None], pair.fixed_values[None]
+    step(x, f)
+    step(x, f)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(x, f)
+    stream_tensor = 10 * 2000 * 64 * 4  # one layer's S·N·width float32
+    assert max(e.cpu_memory_usage for e in prof.events()) > 0  # the profiler saw the step's small allocations
+    big = [(e.name, e.cpu_memory_usage) for e in prof.events() if e.cpu_memory_usage >= stream_tensor // 8]
+    assert not big, f"large allocations inside a step: {big[:8]}"
 
 
 @needs_fused

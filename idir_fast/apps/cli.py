@@ -9,7 +9,6 @@ from typing import List, Optional
 
 from .. import backends
 from ..core.objectives import REGULARIZERS
-from ..environment import keep_freed_memory
 from ..errors import BackendError, DivergenceError, InputError, OutputError
 from ..io.files import IMAGE_FORMATS, check_writable_prefix, ensure_folder
 from ..settings import add_cli_options, options_from_cli, parse_hidden
@@ -125,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local: one pair after another here; ray: one Ray task per pair with one GPU each "
                          "(pip install 'idir-fast[ray]')")
     co.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
+    co.add_argument("--workers", type=int, default=None,
+                    help="registrations side by side (default: one per usable core with one thread each, fewer when "
+                         "memory is short; --threads sets the threads of each)")
     co.add_argument("--wait", action="store_true",
                     help="when another cohort run holds the output folder, wait for it (default: stop with exit "
                          "status 2)")
@@ -187,6 +189,9 @@ def cmd_register(a) -> int:
     from ..io.images import as_image
     from ..io.landmarks import read_points, to_world
 
+    from ..settings import RunSettings
+
+    RunSettings(**options_from_cli(a)).resolved()  # every setting checked before any file is read
     prefix = check_writable_prefix(a.out, "--out")  # every output check before any work
     fl = ml = None
     if bool(a.fixed_landmarks) != bool(a.moving_landmarks):
@@ -334,13 +339,15 @@ def cmd_cohort(a) -> int:
     kw = _engine_kwargs(a)
     progress = kw.pop("progress")
     summary = register_cohort(a.manifest, a.out, executor=a.executor, address=a.address, progress=progress,
-                              figures=a.figures, wait=a.wait, force=a.force, **kw)
+                              figures=a.figures, wait=a.wait, force=a.force, workers=a.workers, **kw)
     rows = [[r["pair_id"], r["status"], _fmt(r.get("tre_before_mean")), _fmt(r.get("tre_after_mean")),
              str(r.get("folded_voxels", "")), _fmt(r.get("seconds"), 1), (r.get("error") or "")[:70]]
             for r in summary["pairs"]]
     print()
     _print_table(rows, ["pair", "status", "TRE before", "TRE after", "folded", "s", "error"])
-    print(f"\n{summary['completed']} completed, {summary['failed']} failed; summary in {a.out}/summary.csv")
+    plan = summary.get("plan", {})
+    print(f"\n{summary['completed']} completed, {summary['failed']} failed ({plan.get('workers')} worker(s) × "
+          f"{plan.get('threads')} thread(s): {plan.get('reason')}); summary in {a.out}/summary.csv")
     if summary.get("doubtful"):
         print(f"doubtful (cycle consistency p95 above the flag): {', '.join(summary['doubtful'])}")
     if summary["failed"]:
@@ -414,7 +421,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        keep_freed_memory()  # this process only trains and writes: keep step memory mapped (IDIR_FAST_MALLOC=system)
         return COMMANDS[args.command](args)
     except MemoryError:
         print(f"idir-fast {args.command}: error: out of memory (the estimate before the run did not foresee it); "

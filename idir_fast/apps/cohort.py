@@ -27,6 +27,7 @@ import datetime as _dt
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -149,9 +150,12 @@ def read_manifest(path: Union[str, os.PathLike]) -> List[Pair]:
 # ------------------------------------------------------------------------------------------------ settings hash
 def settings_fingerprint(settings: RunSettings) -> dict:
     """The settings a pair's result depends on, as requested (derived values left as "derived"): every field
-    except the device, so a rerun on another machine with the same options keeps the pairs."""
+    except the device and the thread count (results do not depend on it), so a rerun on another machine or with
+    another layout of workers × threads keeps the pairs."""
     d = settings.to_dict()
     d.pop("device", None)
+    d.pop("threads", None)
+    d.pop("memory_check", None)
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 
@@ -222,11 +226,9 @@ def run_pair(pair: Pair, out_dir: str, settings: RunSettings, options: Optional[
     """Register one pair into ``out_dir/pair_id`` atomically; returns its summary row (never raises).
 
     Args:
-        settings: the run settings (validated once for the whole cohort).
-        options: ``threads`` (torch threads in this process), ``figures``, ``settings_hash``.
+        settings: the run settings (validated once for the whole cohort); its ``threads`` governs this pair.
+        options: ``figures``, ``settings_hash``, ``settings_fingerprint``.
     """
-    import torch
-
     from ..api import register
     from ..io.files import pause_for_tests
 
@@ -236,8 +238,6 @@ def run_pair(pair: Pair, out_dir: str, settings: RunSettings, options: Optional[
     options = options or {}
     row = {"pair_id": pair.pair_id, "settings_hash": options.get("settings_hash")}
     try:
-        if options.get("threads"):
-            torch.set_num_threads(int(options["threads"]))
         lm = {}
         if pair.fixed_landmarks:
             lm = dict(fixed_landmarks=pair.fixed_landmarks, moving_landmarks=pair.moving_landmarks)
@@ -288,16 +288,19 @@ def _row_from_report(folder: Path) -> dict:
             "doubtful": m.get("consistency", {}).get("flagged")}
 
 
-def _summary(rows: List[dict], run_hash: str) -> dict:
+def _summary(rows: List[dict], run_hash: str, plan: Optional[WorkerPlan] = None) -> dict:
     rows = sorted(rows, key=lambda r: r["pair_id"])
     failed = sum(r["status"] == "failed" for r in rows)
-    return {"pairs": rows, "completed": sum(r["status"] == "ok" for r in rows), "failed": failed,
-            "doubtful": sorted(r["pair_id"] for r in rows if r.get("doubtful")),
-            "exit_status": EXIT_PAIRS_FAILED if failed else EXIT_OK, "settings_hash": run_hash}
+    out = {"pairs": rows, "completed": sum(r["status"] == "ok" for r in rows), "failed": failed,
+           "doubtful": sorted(r["pair_id"] for r in rows if r.get("doubtful")),
+           "exit_status": EXIT_PAIRS_FAILED if failed else EXIT_OK, "settings_hash": run_hash}
+    if plan is not None:
+        out["plan"] = plan.record()
+    return out
 
 
-def _write_summary(out: Path, rows: List[dict], run_hash: str) -> dict:
-    summary = _summary(rows, run_hash)
+def _write_summary(out: Path, rows: List[dict], run_hash: str, plan: Optional[WorkerPlan] = None) -> dict:
+    summary = _summary(rows, run_hash, plan)
     lines = [",".join(SUMMARY_FIELDS)]
     for r in summary["pairs"]:
         vals = []
@@ -330,9 +333,137 @@ def _settings_differences(old: dict, new: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the cohort
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How a cohort uses the machine: ``workers`` registrations side by side, each with at most ``threads`` CPU
+    threads (with ``threads="auto"``, what each worker starts with), and why (``reason``)."""
+
+    workers: int
+    threads: Union[int, str]
+    reason: str
+
+    def record(self) -> dict:
+        return {"workers": self.workers, "threads": self.threads, "reason": self.reason}
+
+
+WORKER_OVERHEAD_BYTES = 600 << 20
+"""Host memory of one worker process beyond its pair's estimate (the Python interpreter, PyTorch, SimpleITK)."""
+
+
+def pair_memory(pair: Pair, settings: RunSettings) -> Optional[int]:
+    """Estimated peak host bytes of registering and writing ``pair`` (from the image headers: nothing is read),
+    plus a worker's own :data:`WORKER_OVERHEAD_BYTES`; the mask is taken as the whole grid (an upper bound).
+    ``None`` when a header cannot be read (the pair then fails on its own, with its error, when it runs)."""
+    import SimpleITK as sitk
+    import torch
+
+    from .. import memory
+
+    sizes = []
+    for path in (pair.fixed, pair.moving):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return None
+        sizes.append(math.prod(reader.GetSize()))
+    resolved = settings.resolved()
+    estimate = memory.run_bytes(mask_points=sizes[0], fixed_voxels=sizes[0], moving_voxels=sizes[1],
+                                batch=resolved.batch_size, hidden=resolved.hidden, order=resolved.order,
+                                dtype_bytes=torch.tensor([], dtype=resolved.dtype).element_size(),
+                                device=resolved.torch_device, symmetric=resolved.symmetric)
+    return memory.host_peak(estimate, resolved.torch_device) + WORKER_OVERHEAD_BYTES
+
+
+def plan_workers(pairs: List[Pair], settings: RunSettings, workers: Optional[int] = None,
+                 executor: str = "local") -> WorkerPlan:
+    """Workers × threads for a cohort on this machine.
+
+    Default on a CPU: one worker per usable core (affinity mask, cgroup quota; :func:`idir_fast.threads.usable_cores`),
+    one thread each — independent pairs side by side keep every core busy without the pool's threads waiting for
+    each other, the fastest layout measured (``benchmarks/throughput.py``) — fewer when the pairs' estimated memory
+    (:func:`pair_memory`) would not fit, and never more than there are pairs. An explicit ``threads`` setting gives
+    ``cores // threads`` workers; explicit ``workers`` give ``cores // workers`` threads each. On a GPU one worker
+    (the device's own parallelism does the rest). Ray tasks ask for ``threads`` CPUs each (1 by default).
+    """
+    from .. import memory, threads as thread_policy
+
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InputError(f"'workers' must be a positive integer, got {workers!r}")
+    setting = thread_policy.check_threads(settings.threads)
+    if executor == "ray":
+        t = setting if setting != "auto" else 1
+        return WorkerPlan(workers or len(pairs), t, f"Ray: one task per pair, {t} CPU(s) each")
+    cores = thread_policy.usable_cores()
+    if settings.resolved().torch_device.type == "cuda":
+        return WorkerPlan(workers or 1, setting, "GPU: one worker")
+    if workers is not None:
+        t = setting if setting != "auto" else max(1, cores // workers)
+        return WorkerPlan(workers, t, f"--workers {workers} on {cores} usable core(s)")
+    w = cores if setting == "auto" else max(1, cores // int(setting))
+    why = f"{cores} usable core(s)" + ("" if setting == "auto" else f", {setting} thread(s) each")
+    w = min(w, len(pairs))
+    if w > 1:
+        need = max((pair_memory(p, settings) or 0) for p in pairs[: min(len(pairs), 8)])
+        fit = max(1, int(0.8 * memory.available_host_memory() // need)) if need else w
+        if fit < w:
+            w, why = fit, why + f"; memory for {fit} at once ({memory.human_bytes(need)} per pair)"
+    t = setting if setting != "auto" else max(1, cores // w)
+    return WorkerPlan(w, t, why)
+
+
+def _worker_init(workers: int, parent: int) -> None:
+    """In each worker process: die with the run that started it (Linux: ``PR_SET_PDEATHSIG``), so no worker
+    renames a pair into place after the run holding the folder's lock is gone; and declare how many workers share
+    the cores (``threads="auto"`` divides them)."""
+    from .. import threads as thread_policy
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the run died before the line above took effect
+            os._exit(1)
+    thread_policy.set_workers(workers)
+
+
+def _run_in_workers(pairs: List[Pair], out_dir: str, settings: RunSettings, options: dict, workers: int):
+    """Yield the rows of ``pairs`` registered by ``workers`` processes side by side (spawned: a fresh interpreter
+    each, so no OpenMP state is inherited). A worker that dies (killed, out of memory) takes its pool down; the
+    pairs that had not finished are then run one pool of one worker each, so the pair that kills its worker is
+    recorded as failed and the others finish."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+
+    def pool(n):
+        return cf.ProcessPoolExecutor(max_workers=n, mp_context=context, initializer=_worker_init,
+                                      initargs=(workers, os.getpid()))
+
+    unfinished = []
+    with pool(min(workers, len(pairs))) as executor:
+        futures = {executor.submit(run_pair, p, out_dir, settings, options): p for p in pairs}
+        for future in cf.as_completed(futures):
+            try:
+                yield future.result()
+            except cf.process.BrokenProcessPool:
+                unfinished.append(futures[future])
+    for p in unfinished:  # one at a time: a second death is this pair's own
+        with pool(1) as executor:
+            try:
+                yield executor.submit(run_pair, p, out_dir, settings, options).result()
+            except cf.process.BrokenProcessPool as err:
+                yield {"pair_id": p.pair_id, "status": "failed", "settings_hash": options.get("settings_hash"),
+                       "error": f"its worker process died ({err}); killed by the OS, out of memory?"}
+
+
 @with_setting_parameters
 def register_cohort(manifest, out_dir, *, executor: str = "local", address: Optional[str] = None,
-                    progress: bool = True, figures: bool = False, threads: Optional[int] = None,
+                    progress: bool = True, figures: bool = False, workers: Optional[int] = None,
                     wait: bool = False, force: bool = False, settings: Optional[RunSettings] = None,
                     **options) -> dict:
     """Register every pair of ``manifest`` into ``out_dir/<pair_id>/``; resumable and failure-isolated (see the
@@ -340,18 +471,20 @@ def register_cohort(manifest, out_dir, *, executor: str = "local", address: Opti
 
     Args:
         manifest: CSV path (see :func:`read_manifest`) or a list of :class:`Pair`.
-        executor: ``"local"`` (one pair after another in this process) or ``"ray"`` (one Ray task per pair, one GPU
-            each when the cluster has GPUs, on a local Ray instance or the cluster at ``address``).
+        executor: ``"local"`` (worker processes on this machine, :func:`plan_workers`; one worker runs the pairs
+            in this process) or ``"ray"`` (one Ray task per pair, asking for ``threads`` CPUs and one GPU each when
+            the cluster has GPUs, on a local Ray instance or the cluster at ``address``).
         progress: a progress bar over pairs.
         figures: write the PNG figures of every pair.
-        threads: torch threads per pair (default: torch's).
+        workers: registrations side by side (default: :func:`plan_workers`).
         wait: when another run holds ``out_dir``, wait for it instead of stopping with an error.
         force: redo completed pairs that were made with other settings (default: stop with an error).
-        settings, **options: the run settings, as for :func:`idir_fast.register` (checked once, up front).
+        settings, **options: the run settings, as for :func:`idir_fast.register` (checked once, up front);
+            ``threads`` is per worker.
 
     Returns:
         the summary dict (also written to ``summary.json``/``summary.csv``): per-pair rows, counts,
-        ``exit_status`` (0 all done, 1 some pairs failed) and the run's ``settings_hash``.
+        ``exit_status`` (0 all done, 1 some pairs failed), the run's ``settings_hash`` and its ``plan``.
     """
     settings = RunSettings.build(settings, "register_cohort", **options)
     if executor not in ("local", "ray"):
@@ -393,36 +526,43 @@ def register_cohort(manifest, out_dir, *, executor: str = "local", address: Opti
         todo += [p for p, _ in mismatched]
         order = {q.pair_id: i for i, q in enumerate(pairs)}
         todo.sort(key=lambda p: order[p.pair_id])
-        run_options = {"threads": threads, "figures": figures, "settings_hash": run_hash,
-                       "settings_fingerprint": fingerprint}
+        plan = plan_workers(todo or pairs, settings, workers, executor)
+        # local workers keep "auto" (each divides the cores by the workers and follows the load); Ray tasks get
+        # the CPUs they asked for
+        run_settings = settings.replace(threads=plan.threads) if executor == "ray" else settings
+        run_options = {"figures": figures, "settings_hash": run_hash, "settings_fingerprint": fingerprint}
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="cohort", unit="pair",
                        dynamic_ncols=True)
+            bar.set_description(f"cohort ({plan.workers} worker(s) × {plan.threads} thread(s))")
 
         def record(row):
             rows[row["pair_id"]] = row
-            _write_summary(out, list(rows.values()), run_hash)
+            _write_summary(out, list(rows.values()), run_hash, plan)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(failed=sum(r["status"] == "failed" for r in rows.values()), refresh=False)
 
         try:
-            if executor == "local":
-                for p in todo:
-                    record(run_pair(p, str(out), settings, run_options))
+            if executor == "ray":
+                results = _run_on_ray(todo, str(out), run_settings, run_options, address, plan)
+            elif plan.workers > 1 and len(todo) > 1:
+                results = _run_in_workers(todo, str(out), run_settings, run_options, plan.workers)
             else:
-                for row in _run_on_ray(todo, str(out), settings, run_options, address):
-                    record(row)
+                results = (run_pair(p, str(out), run_settings, run_options) for p in todo)
+            for row in results:
+                record(row)
         finally:
             if bar is not None:
                 bar.close()
-        return _write_summary(out, list(rows.values()), run_hash)
+        return _write_summary(out, list(rows.values()), run_hash, plan)
 
 
-def _run_on_ray(pairs: List[Pair], out_dir: str, settings: RunSettings, options: dict, address: Optional[str]):
+def _run_on_ray(pairs: List[Pair], out_dir: str, settings: RunSettings, options: dict, address: Optional[str],
+                plan: WorkerPlan):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
@@ -435,7 +575,8 @@ def _run_on_ray(pairs: List[Pair], out_dir: str, settings: RunSettings, options:
         started = True
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
-        task = ray.remote(num_gpus=1 if gpus else 0, max_retries=0)(run_pair)
+        cpus = plan.threads if isinstance(plan.threads, int) else 1
+        task = ray.remote(num_cpus=cpus, num_gpus=1 if gpus else 0, max_retries=0)(run_pair)
         pending = [task.remote(p, out_dir, settings, options) for p in pairs]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)

@@ -7,10 +7,10 @@ derivative streams in PyTorch) and ``triton`` (fused kernels); :data:`DEVICE_PRE
 says which backend ``"auto"`` picks per device type.
 
 One rule for choosing (:func:`select`) and falling back (:meth:`BackendChoice.fall_back`): ``backend="auto"``
-(or the ``IDIR_FAST_BACKEND`` environment variable set to ``auto``) takes the first available backend of the
-device's preference list; when that backend cannot run or fails its first-use self-check, the next one is taken
-with one warning, and the run's report records the backend actually used and why. A backend named explicitly
-(argument or ``IDIR_FAST_BACKEND``) never falls back: it raises :class:`~idir_fast.errors.BackendError`.
+takes the first available backend of the device's preference list; when that backend cannot run or fails its
+first-use self-check, the next one is taken with one warning, and the run's report records the backend actually
+used and why. A backend named explicitly (``RunSettings.backend``, whose default ``IDIR_FAST_BACKEND`` may give)
+never falls back: it raises :class:`~idir_fast.errors.BackendError`.
 """
 from __future__ import annotations
 
@@ -26,11 +26,6 @@ from ..errors import BackendError
 from ..kernels import DEFAULT_PRECISION, PRECISIONS
 from . import reference
 
-ENV_BACKEND = "IDIR_FAST_BACKEND"
-ENV_PRECISION = "IDIR_FAST_PRECISION"
-ENV_SELF_CHECK = "IDIR_FAST_SELF_CHECK"  # "0" skips the first-use self-check
-
-
 @dataclass(frozen=True)
 class Backend:
     """One way of computing a step.
@@ -44,6 +39,8 @@ class Backend:
         backward_passes: ``order → passes`` over the network per step.
         unavailable: ``device → reason`` it cannot run there, ``None`` when it can.
         batchable: whether ``derivatives`` can run under ``torch.func.vmap`` over a leading pair dimension.
+        workspace: ``(hidden, order, dtype, device, cpu_kernels) →`` buffers the step makes once and passes to
+            every call of ``derivatives`` (``workspace=``), or ``None`` when the backend allocates its own.
     """
 
     name: str
@@ -53,17 +50,32 @@ class Backend:
     backward_passes: Callable[[int], int]
     unavailable: Callable[[torch.device], Optional[str]]
     batchable: bool = False
+    workspace: Callable[..., Optional[object]] = lambda hidden, order, dtype, device, cpu_kernels=None: None
 
 
 # ---------------------------------------------------------------------------------------------- the ops
-def _torch_derivatives(params, omega, x, order, precision=None):
-    from ..ops.siren_streams import fused_pays, siren_streams, siren_streams_fused
+def _torch_derivatives(params, omega, x, order, precision=None, workspace=None):
+    """The compiled CPU kernels where they run (with the step's buffers, unless its workspace asks for PyTorch's
+    ops), PyTorch's ops elsewhere (GPU, no compiled op, under vmap)."""
+    from ..ops.siren_streams import fused_available, siren_streams, siren_streams_fused
 
-    streams = siren_streams_fused if fused_pays(x, params) else siren_streams
-    return derivatives_from_streams(x, streams(params, omega, x, order), order)
+    fused = fused_available(x) and (workspace is None or workspace.fused)
+    if fused:
+        u = siren_streams_fused(params, omega, x, order, workspace)
+    else:
+        u = siren_streams(params, omega, x, order)
+    return derivatives_from_streams(x, u, order)
 
 
-def _triton_derivatives(params, omega, x, order, precision=None):
+def _torch_workspace(hidden, order, dtype, device, cpu_kernels="fused"):
+    from ..ops.siren_streams import StreamWorkspace, fused_available
+
+    if not fused_available(torch.empty(1, 3, dtype=dtype, device=device)):
+        return None
+    return StreamWorkspace(hidden, order, dtype, fused=cpu_kernels == "fused")
+
+
+def _triton_derivatives(params, omega, x, order, precision=None, workspace=None):
     from ..kernels.siren_streams import siren_streams_triton
 
     u = siren_streams_triton(params, omega, x, order, precision or DEFAULT_PRECISION)
@@ -100,7 +112,8 @@ BACKENDS: Dict[str, Backend] = {b.name: b for b in (
             reference.derivatives, reference.similarity, reference.backward_passes, _runs_anywhere),
     Backend("torch", "analytic derivative streams: PyTorch matrix products, the element-wise stream algebra in "
             "fused CPU kernels for small networks (PyTorch ops elsewhere); sampling + NCC by the compiled op",
-            _torch_derivatives, _fast_similarity, _one_pass, _runs_anywhere, batchable=True),
+            _torch_derivatives, _fast_similarity, _one_pass, _runs_anywhere, batchable=True,
+            workspace=_torch_workspace),
     Backend("triton", "fused Triton kernels of the derivative streams (GPU); sampling + NCC by the compiled op",
             _triton_derivatives, _fast_similarity, _one_pass, _triton_unavailable),
 )}
@@ -129,9 +142,9 @@ def check_name(name) -> str:
 
 
 def check_precision(precision) -> str:
-    """``None`` → ``IDIR_FAST_PRECISION`` or the default; ``ValueError`` for an unknown mode."""
+    """``None`` → the default; ``ValueError`` for an unknown mode."""
     if precision is None:
-        precision = os.environ.get(ENV_PRECISION, "").strip() or DEFAULT_PRECISION
+        precision = DEFAULT_PRECISION
     if precision not in PRECISIONS:
         raise ValueError(f"'precision' must be one of {PRECISIONS}, got {precision!r}")
     return precision
@@ -203,12 +216,6 @@ def select(name: Optional[str] = "auto", device=torch.device("cpu")) -> BackendC
     device = torch.device(device)
     name = check_name(name)
     explicit = name != "auto"
-    if not explicit:
-        env = os.environ.get(ENV_BACKEND, "").strip()
-        if env and env != "auto":
-            if env not in names():
-                raise ValueError(f"environment variable {ENV_BACKEND}={env!r} must be one of {names() + ('auto',)}")
-            name, explicit = env, True
     order = [name] if explicit else list(preference(device))
     choice = BackendChoice(requested=name if explicit else "auto", explicit=explicit, device=device,
                            candidates=order[1:], backend=BACKENDS[order[0]])
@@ -229,9 +236,11 @@ SELF_CHECK_TOLERANCE = {"ieee": {"phi": 1e-4, "J": 1e-3, "H6": 1e-2, "grad": 1e-
 
 
 def compare_with_reference(backend: Backend, params: Sequence[torch.Tensor], omega: float, order: int,
-                           precision: str, n_points: int = SELF_CHECK_POINTS, seed: int = 0) -> Dict[str, float]:
+                           precision: str, n_points: int = SELF_CHECK_POINTS, seed: int = 0,
+                           cpu_kernels: str = "fused") -> Dict[str, float]:
     """Relative errors of ``backend`` against the reference (float64, same parameters) at ``n_points`` random
-    points: Φ, J, H6 each against its own scale, and the parameter gradients of a random linear functional.
+    points: Φ, J, H6 each against its own scale, and the parameter gradients of a random linear functional —
+    computed as a step computes them (with the backend's workspace for ``cpu_kernels``).
 
     Returns:
         ``{"phi": e, "J": e, "H6": e, "grad": max over parameters}`` (only the streams ``order`` provides).
@@ -241,7 +250,10 @@ def compare_with_reference(backend: Backend, params: Sequence[torch.Tensor], ome
     x = (torch.rand(n_points, 3, generator=gen, dtype=torch.float64) * 2.2 - 1.1)
     fast_params = [p.detach().clone().requires_grad_(True) for p in params]
     ref_params = [p.detach().double().clone().requires_grad_(True) for p in params]
-    fast = backend.derivatives(fast_params, omega, x.to(device=dev, dtype=params[0].dtype), order, precision)
+    widths = [int(p.shape[0]) for p in params[0:-2:2]]
+    workspace = backend.workspace(widths, order, params[0].dtype, dev, cpu_kernels)
+    fast = backend.derivatives(fast_params, omega, x.to(device=dev, dtype=params[0].dtype), order, precision,
+                               workspace=workspace)
     ref = reference.derivatives(ref_params, omega, x.to(dev), order)
     errors, loss_fast, loss_ref = {}, 0.0, 0.0
     for key in ("phi", "J", "H6"):
@@ -261,20 +273,22 @@ def compare_with_reference(backend: Backend, params: Sequence[torch.Tensor], ome
 
 
 def self_check(choice: BackendChoice, params: Sequence[torch.Tensor], omega: float, order: int,
-               precision: str) -> BackendChoice:
+               precision: str, cpu_kernels: str = "fused", enabled: bool = True) -> BackendChoice:
     """First use of a fast backend on a configuration (device, precision, widths, order, dtype) in this process:
     compare a few points with the reference; on an error or a mismatch fall back (or raise when explicit).
 
     Never a silent wrong answer from an unverified kernel; the result is cached per configuration.
+    ``enabled=False`` (``RunSettings.self_check``) skips it.
     """
-    if os.environ.get(ENV_SELF_CHECK, "1") == "0":
+    if not enabled:
         return choice
     widths = tuple(int(p.shape[0]) for p in params[0::2])
     while choice.backend.name != "reference":
-        key = (choice.backend.name, str(choice.device), precision, widths, order, params[0].dtype)
+        key = (choice.backend.name, str(choice.device), precision, widths, order, params[0].dtype, cpu_kernels)
         if key not in _verified:
             try:
-                errors = compare_with_reference(choice.backend, params, omega, order, precision)
+                errors = compare_with_reference(choice.backend, params, omega, order, precision,
+                                                cpu_kernels=cpu_kernels)
                 tol = SELF_CHECK_TOLERANCE[precision if choice.backend.name == "triton" else "ieee"]
                 bad = {k: v for k, v in errors.items() if not v <= tol[k]}  # NaN counts as bad
                 _verified[key] = None if not bad else (
@@ -288,6 +302,6 @@ def self_check(choice: BackendChoice, params: Sequence[torch.Tensor], omega: flo
     return choice
 
 
-__all__ = ["Backend", "BackendChoice", "BACKENDS", "DEVICE_PREFERENCE", "ENV_BACKEND", "ENV_PRECISION", "PRECISIONS",
+__all__ = ["Backend", "BackendChoice", "BACKENDS", "DEVICE_PREFERENCE", "DEFAULT_PRECISION", "PRECISIONS",
            "BackendError", "Derivatives", "select", "self_check", "compare_with_reference", "get", "names",
            "check_name", "check_precision", "preference"]

@@ -26,8 +26,9 @@ def _grad(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def derivatives(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor, order: int,
-                precision: Optional[str] = None) -> Derivatives:
-    """Φ (and J, H6 up to ``order``) of the SIREN at normalised points ``x`` ``(N, 3)`` by nested autograd."""
+                precision: Optional[str] = None, workspace=None) -> Derivatives:
+    """Φ (and J, H6 up to ``order``) of the SIREN at normalised points ``x`` ``(N, 3)`` by nested autograd
+    (``precision`` and ``workspace`` do not apply)."""
     return field_derivatives(lambda p: siren_displacement(params, omega, p), x, order)
 
 

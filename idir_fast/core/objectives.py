@@ -22,18 +22,10 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from .compat import COMPAT, COMPAT_MODES, check_compat  # noqa: F401  (re-exported)
 from .derivatives import PAIRS, full_hessian_to_pairs  # noqa: F401  (re-exported for the tests and backends)
 
-COMPAT_MODES = (None, "idir-2022")
 NCC_EPS = 1e-10
-
-
-def check_compat(compat) -> Optional[str]:
-    if isinstance(compat, str) and compat.lower() == "none":
-        compat = None
-    if compat not in COMPAT_MODES:
-        raise ValueError(f"'compat' must be one of {COMPAT_MODES}, got {compat!r}")
-    return compat
 
 
 # ----------------------------------------------------------------------------------------------- similarity
@@ -52,7 +44,7 @@ def ncc(fixed: torch.Tensor, moving: torch.Tensor, compat: Optional[str] = None,
         m = moving - moving.mean()
         n = f.numel()
         cov = (f * m).mean()
-        ddof = 1 if compat == "idir-2022" and n > 1 else 0
+        ddof = COMPAT[compat].ncc_ddof if n > 1 else 0
         var_f = (f * f).sum() / (n - ddof)
         var_m = (m * m).sum() / (n - ddof)
         return cov / (torch.sqrt(var_f) * torch.sqrt(var_m) + NCC_EPS)
@@ -60,7 +52,7 @@ def ncc(fixed: torch.Tensor, moving: torch.Tensor, compat: Optional[str] = None,
     f = fixed - (weights * fixed).sum() / n
     m = moving - (weights * moving).sum() / n
     cov = (weights * f * m).sum() / n
-    ddof = 1.0 if compat == "idir-2022" else 0.0
+    ddof = float(COMPAT[compat].ncc_ddof)
     denom = (n - ddof).clamp_min(1e-12)
     var_f = (weights * f * f).sum() / denom
     var_m = (weights * m * m).sum() / denom
@@ -71,7 +63,7 @@ def _ncc_moments(n: int, sums: torch.Tensor, compat: Optional[str]):
     """Centred moments from the five sums ``[Σf, Σm, Σf², Σm², Σfm]`` (float64 for accuracy)."""
     s = sums.double()
     f_mean, m_mean = s[0] / n, s[1] / n
-    ddof = 1 if compat == "idir-2022" and n > 1 else 0
+    ddof = COMPAT[compat].ncc_ddof if n > 1 else 0
     cov = s[4] / n - f_mean * m_mean
     var_f = torch.clamp(s[2] - n * f_mean * f_mean, min=0.0) / (n - ddof)
     var_m = torch.clamp(s[3] - n * m_mean * m_mean, min=0.0) / (n - ddof)
@@ -137,7 +129,7 @@ def bending_penalty(H6: torch.Tensor, compat: Optional[str] = None) -> torch.Ten
     """
     sq = H6 * H6
     diagonal = sq[..., 0:3].sum(-1)
-    if compat == "idir-2022":
+    if COMPAT[compat].bending == "idir-2022":
         per_component = diagonal + 2.0 * sq[..., 3:5].sum(-1) + sq[..., 5]  # (N, 3)
         return per_component.mean() / H6.shape[0]
     return (diagonal + 2.0 * sq[..., 3:6].sum(-1)).sum(-1).mean()
@@ -157,38 +149,32 @@ def _bending(J, H6, compat):
 
 @dataclass(frozen=True)
 class Regularizer:
-    """One regulariser: what it needs from the network and how it is weighted.
+    """One regulariser: what it needs from the network and how it is computed.
 
     Attributes:
         name: the setting's value (``None`` for no regulariser).
         order: derivatives of Φ it needs: 0 (Φ only), 1 (+J) or 2 (+H).
-        alpha: default weight α for the paper's equations (``compat=None``).
-        alpha_idir2022: default weight with ``compat="idir-2022"`` (the released code's value).
         penalty: ``(J, H6, compat) → scalar`` mean over points; ``None`` for no regulariser.
     """
 
     name: Optional[str]
     order: int
-    alpha: float
-    alpha_idir2022: float
     penalty: Optional[Callable[[Optional[torch.Tensor], Optional[torch.Tensor], Optional[str]], torch.Tensor]]
 
     def default_alpha(self, compat: Optional[str] = None) -> float:
-        return self.alpha_idir2022 if compat == "idir-2022" else self.alpha
+        """The default weight α of this regulariser under ``compat`` (:data:`idir_fast.core.compat.COMPAT`)."""
+        return COMPAT[compat].alpha[self.name]
 
     @property
     def label(self) -> str:
         return self.name or "none"
 
 
-# Default weights: Jacobian and hyperelastic are the released code's (both are point means, so the definitions
-# agree). Bending: the paper's eq. (3) is Σ/B where the released code computes Σ/(3·B²) with α = 10; at the
-# paper's B = 10,000 that strength is α = 10 / (3·10⁴) in eq. (3)'s scale.
 REGULARIZERS: Dict[Optional[str], Regularizer] = {r.name: r for r in (
-    Regularizer(None, 0, 0.0, 0.0, None),
-    Regularizer("jacobian", 1, 0.05, 0.05, _jacobian),
-    Regularizer("hyperelastic", 1, 0.25, 0.25, _hyperelastic),
-    Regularizer("bending", 2, 10.0 / 3.0e4, 10.0, _bending),
+    Regularizer(None, 0, None),
+    Regularizer("jacobian", 1, _jacobian),
+    Regularizer("hyperelastic", 1, _hyperelastic),
+    Regularizer("bending", 2, _bending),
 )}
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from ..memory import human_bytes
 from ..errors import InputError, OutputError
 
 IMAGE_FORMATS = (".nii.gz", ".nii", ".mha", ".nrrd")
@@ -116,21 +117,13 @@ def output_error(path: Union[str, os.PathLike], err: BaseException, what: str = 
                       lines[-1] if lines else type(err).__name__)
     folder = Path(path).parent if str(Path(path).parent) else Path(".")
     free = free_bytes(folder)
-    tail = "" if free is None else f"; {_human(free)} free on that file system"
+    tail = "" if free is None else f"; {human_bytes(free)} free on that file system"
     code = getattr(err, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT) or "space" in reason.lower() or (free is not None and free < (1 << 20)):
         tail += " (disk full?)"
     out = OutputError(f"cannot {what} {str(path)!r}: {reason}{tail}")
     out.errno = code
     return out
-
-
-def _human(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @contextlib.contextmanager
@@ -150,7 +143,9 @@ def pause_for_tests(point: str) -> None:
     """Kill tests' hook: with ``IDIR_FAST_TEST_PAUSE=<point>:<seconds>`` a save announces ``<point>`` on stderr and
     sleeps there (points: atomic-write, output-set-file, output-set-commit, output-set-renames, cohort-pair-saved);
     unset, it does nothing."""
-    spec = os.environ.get("IDIR_FAST_TEST_PAUSE")
+    from ..config import env_value
+
+    spec = env_value("IDIR_FAST_TEST_PAUSE")
     if spec and spec.rpartition(":")[0] == point:
         print(f"IDIR_FAST_TEST_PAUSE reached {point} (pid {os.getpid()})", file=sys.stderr, flush=True)
         time.sleep(float(spec.rpartition(":")[2]))
@@ -204,7 +199,7 @@ def commit_file(tmp: Union[str, os.PathLike], path: Union[str, os.PathLike],
 
 def _free_note(path) -> str:
     free = free_bytes(Path(path).parent if str(Path(path).parent) else ".")
-    return "" if free is None else f" ({_human(free)} free on that file system; disk full?)"
+    return "" if free is None else f" ({human_bytes(free)} free on that file system; disk full?)"
 
 
 @contextlib.contextmanager
@@ -396,39 +391,4 @@ def check_writable_prefix(prefix: Union[str, os.PathLike], name: str = "prefix")
     return text
 
 
-# ------------------------------------------------------------------------------------------- memory
-def available_memory() -> int:
-    """Bytes of host memory available to a new allocation (Linux ``MemAvailable``, capped by a cgroup limit
-    less its reclaimable page cache); a huge number where it cannot be known, so no run is refused on a guess."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError):
-        pass
-    for base, limit_name, usage_name, cache_key in (
-            ("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
-            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")):
-        try:
-            limit = Path(base, limit_name).read_text().strip()
-            usage = int(Path(base, usage_name).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < (1 << 60):
-            cache = 0  # page cache the kernel reclaims before it kills
-            with contextlib.suppress(OSError, ValueError):
-                for line in Path(base, "memory.stat").read_text().splitlines():
-                    key, _, value = line.partition(" ")
-                    if key == cache_key:
-                        cache = int(value)
-            room = max(0, int(limit) - usage + cache)
-            avail = room if avail is None else min(avail, room)
-        break
-    return avail if avail is not None else 1 << 62  # unknown (not Linux): no refusal on a guess
 
-
-def human_bytes(n: int) -> str:
-    return _human(int(n))

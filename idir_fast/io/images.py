@@ -10,7 +10,6 @@ NRRD: ITK itself refuses a short file and keeps NaN/Inf, which the intensity che
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
+from .. import memory
 from ..core.geometry import ImageGeometry
 from ..errors import InputError, OutputError
-from . import files as _files
 from . import nifti
 from .files import atomic_path, human_bytes, output_error, split_extension, writing
 
@@ -32,17 +31,12 @@ ORTHOGONALITY_TOLERANCE = 1e-4
 SMALLEST_INTENSITY_RANGE = 1e-12
 """Smallest max − min intensity accepted: below it float32 sums of squares underflow and NCC is undefined."""
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-MEMORY_CHECK_ENV = "IDIR_FAST_NO_MEMORY_CHECK"  # "1" skips the memory estimates (the estimate is then yours)
 RUN_ID_KEY = "idir_fast_run_id"
 """Metadata key of the run id in MetaImage and NRRD outputs (NIfTI keeps it in ``descrip``)."""
 
 
 class DefaultGeometryWarning(UserWarning):
     """A NumPy image was given without its geometry: 1 mm voxels, origin 0, identity direction were assumed."""
-
-
-def memory_checks_enabled() -> bool:
-    return os.environ.get(MEMORY_CHECK_ENV, "") != "1"
 
 
 def read_image(path: Union[str, os.PathLike], name: str = "image", check_values: bool = True) -> sitk.Image:
@@ -80,7 +74,7 @@ def read_image(path: Union[str, os.PathLike], name: str = "image", check_values:
     except InputError:
         raise
     except MemoryError:
-        raise InputError(f"'{name}': not enough memory to read {str(p)!r} ({human_bytes(_files.available_memory())} "
+        raise InputError(f"'{name}': not enough memory to read {str(p)!r} ({human_bytes(memory.available_host_memory())} "
                          "available)") from None
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else ""
@@ -88,21 +82,13 @@ def read_image(path: Union[str, os.PathLike], name: str = "image", check_values:
 
 
 def _check_read_memory(p: Path, name: str) -> None:
-    """Refuse an image whose voxels (as stored, plus the float32 copy the registration works on) do not fit in
-    the memory available, before reading them."""
-    if not memory_checks_enabled():
+    """Refuse an image whose voxels do not fit in the memory available, before reading them."""
+    if not memory.checks_enabled():
         return
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     reader.ReadImageInformation()
-    size = reader.GetSize()
-    voxels = math.prod(int(s) for s in size)
-    need = voxels * (8 * max(1, reader.GetNumberOfComponents()) + 4)
-    avail = _files.available_memory()
-    if need > avail:
-        raise InputError(f"'{name}': {str(p)!r} ({' × '.join(map(str, size))} voxels) needs about "
-                         f"{human_bytes(need)} of memory to read, {human_bytes(avail)} is available; crop or "
-                         "downsample it, or use a machine with more memory")
+    memory.check_read(p, reader.GetSize(), reader.GetNumberOfComponents(), name)
 
 
 def as_image(obj: ImageLike, name: str, *, spacing: Optional[Sequence[float]] = None,

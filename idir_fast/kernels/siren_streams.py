@@ -392,8 +392,8 @@ class SirenStreamsFunction(torch.autograd.Function):
         with _device_guard(x):
             grads = streams_backward(
                 grad_u, x, params, inputs, zs, omega, order,
-                lambda ga, z, first: _sine_backward(ga, z, params[0], omega, order, first),
-                lambda a, b: matmul(a, b, precision))
+                lambda ga, z, first, out=None: _sine_backward(ga, z, params[0], omega, order, first),
+                lambda a, b, out=None: matmul(a, b, precision))
         return (None, None, None, None, *grads)
 
 

@@ -16,8 +16,7 @@ per-point constants times ``W_0`` columns. Gradients w.r.t. the parameters come 
 """
 from __future__ import annotations
 
-import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -81,12 +80,16 @@ def siren_streams(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor,
 # compiled kernel (``csrc/sine_streams_cpu.cpp`` on the CPU, the Triton kernels on a GPU), and the exact adjoint
 # as the backward. The layout of a layer's saved tensors: ``inputs[l]`` the streams entering hidden layer ``l+1``
 # (and the output layer), ``zs[l]`` the pre-activations of sine layer ``l`` (the first one holds values only).
-def streams_backward(grad_u, x, params, inputs, zs, omega: float, order: int, sine_backward, matmul):
+def streams_backward(grad_u, x, params, inputs, zs, omega: float, order: int, sine_backward, matmul,
+                     workspace: "Optional[StreamWorkspace]" = None):
     """Parameter gradients of the stream forward, given ``∂L/∂u`` ``(S, N, 3)``.
 
     Args:
-        sine_backward: ``(ā (S, N, M), z, first: bool) → z̄`` — the layer adjoint (engine-math note).
-        matmul: ``(a, b) → a @ b`` in the caller's precision.
+        sine_backward: ``(ā (S, N, M), z, first: bool, out) → z̄`` — the layer adjoint (engine-math note), written
+            into ``out`` when that is not ``None``.
+        matmul: ``(a, b, out=None) → a @ b`` in the caller's precision.
+        workspace: the run's :class:`StreamWorkspace`: the large adjoints ``ā``, ``z̄`` are written into its two
+            buffers instead of new tensors (``None``: new tensors).
 
     Returns:
         the gradients of ``params`` in their order.
@@ -96,19 +99,25 @@ def streams_backward(grad_u, x, params, inputs, zs, omega: float, order: int, si
     grads = [None] * P
     g = grad_u.contiguous()
     S, n = g.shape[0], g.shape[1]
+    buffer = (lambda kind, m: None) if workspace is None else workspace.adjoint
+
+    def product(a, b, kind):
+        out = buffer(kind, b.shape[1])
+        return matmul(a, b, out=None if out is None else out.view(S * n, -1)).reshape(S, n, -1)
+
     h = inputs[-1]
     g2 = g.reshape(S * n, -1)
     grads[-2] = matmul(g2.T, h.reshape(S * n, -1))
     grads[-1] = g[0].sum(0)
-    ga = matmul(g2, params[-2]).reshape(S, n, -1)
+    ga = product(g2, params[-2], "a")
     for layer in range(L - 1, 0, -1):
-        gz = sine_backward(ga, zs[layer], False)
+        gz = sine_backward(ga, zs[layer], False, buffer("z", ga.shape[2]))
         w, h = params[2 * layer], inputs[layer - 1]
         gz2 = gz.reshape(S * n, -1)
         grads[2 * layer] = matmul(gz2.T, h.reshape(S * n, -1))
         grads[2 * layer + 1] = gz[0].sum(0)
-        ga = matmul(gz2, w).reshape(S, n, -1)
-    gz = sine_backward(ga, zs[0], True)
+        ga = product(gz2, w, "a")
+    gz = sine_backward(ga, zs[0], True, buffer("z", ga.shape[2]))
     gw0 = gz[0].T @ x  # a rank-3 input: tiny, exact
     if order >= 1:
         gw0 = gw0 + torch.stack([gz[1 + i].sum(0) for i in range(3)], dim=1)
@@ -116,36 +125,120 @@ def streams_backward(grad_u, x, params, inputs, zs, omega: float, order: int, si
     return grads
 
 
+class StreamWorkspace:
+    """How a step computes the streams on the CPU, and the buffers it does it in: with ``fused`` (the default
+    ``RunSettings.cpu_kernels``), the compiled kernels, with the large tensors (forward activations kept for the
+    backward, the backward's adjoints) made once per run and written in place every step; otherwise PyTorch's
+    ops (the same maths in another float32 rounding order; they allocate as they go).
+
+    Why: a step at the paper's size moves ~1 GB through tensors of 100 MB each; allocated afresh every step, glibc
+    maps them from the OS and zero-fills them again through page faults (~200,000 per step). Reused, the step
+    allocates only small tensors. One workspace serves one step object (one pair, any point count: a stage with
+    other batch sizes gets its own buffers, kept too).
+
+    Args:
+        hidden: the sine layers' widths.
+        order: the derivative order (streams S = 1, 4, 10).
+        dtype: float32 or float64.
+        fused: compiled kernels with these buffers (``True``) or PyTorch's ops (``False``).
+    """
+
+    def __init__(self, hidden: Sequence[int], order: int, dtype: torch.dtype, fused: bool = True):
+        self.hidden, self.order, self.dtype = tuple(int(w) for w in hidden), int(order), dtype
+        self.fused = bool(fused)
+        self.S = (1, 4, 10)[self.order]
+        self._by_n: dict = {}
+        self._adjoint: dict = {}
+        self.n = None
+
+    def forward_buffers(self, n: int) -> dict:
+        """Per layer ``z`` (pre-activations; the first layer's holds the value stream only), ``s``, ``c`` (sin ωz and
+        ω cos ωz), ``a`` (the layer's output streams), a scratch ``wz``, and the output ``u`` — for ``n`` points."""
+        if n not in self._by_n:
+            S, new = self.S, (lambda *shape: torch.empty(shape, dtype=self.dtype))
+            self._by_n[n] = {
+                "z": [new(1 if k == 0 else S, n, m) for k, m in enumerate(self.hidden)],
+                "s": [new(n, m) for m in self.hidden], "c": [new(n, m) for m in self.hidden],
+                "a": [new(S, n, m) for m in self.hidden], "wz": new(n, max(self.hidden)),
+                "u": new(S, n, 3),
+            }
+        self.n = n
+        return self._by_n[n]
+
+    def adjoint(self, kind: str, width: int) -> torch.Tensor:
+        """A ``(S, n, width)`` buffer for the backward (``kind`` "a": ``ā``, "z": ``z̄``) of the current point count;
+        one per kind, shared by the layers (each layer's adjoint is used up before the next one is written)."""
+        key = (kind, self.n)
+        size = self.S * self.n * max(self.hidden)
+        if key not in self._adjoint:
+            self._adjoint[key] = torch.empty(size, dtype=self.dtype)
+        return self._adjoint[key][: self.S * self.n * width].view(self.S, self.n, width)
+
+    def nbytes(self) -> int:
+        """Bytes held (all point counts used so far)."""
+        tensors = [t for b in self._by_n.values() for v in b.values() for t in (v if isinstance(v, list) else [v])]
+        return sum(t.numel() * t.element_size() for t in tensors + list(self._adjoint.values()))
+
+
+def _mm(a, b, out=None):
+    return a @ b if out is None else torch.mm(a, b, out=out)
+
+
 class _CpuStreamsFunction(torch.autograd.Function):
     """Forward and exact backward of the streams with the compiled CPU kernels for the element-wise part: the bias
     added and ``sin``/``ω cos`` taken by ATen's vectorised ops (kept for the backward), the rest of each layer's
-    stream algebra and its adjoint in one pass of ``idir_fast._C``."""
+    stream algebra and its adjoint in one pass of ``idir_fast._C``. With a :class:`StreamWorkspace` every large
+    tensor is one of its buffers (the same arithmetic, bit for bit)."""
 
     @staticmethod
-    def forward(ctx, x, omega, order, *params):
+    def forward(ctx, x, omega, order, workspace, *params):
         from .sample_ncc import extension
 
         ext = extension()
         S = (1, 4, 10)[order]
         n = x.shape[0]
         empty = params[0].new_empty(0)
+        buf = workspace.forward_buffers(n) if workspace is not None else None
         inputs, zs, trig, a = [], [], [], None
-        z = torch.addmm(params[1], x, params[0].T).unsqueeze(0)  # the first layer: values only
+        if buf is None:
+            z = torch.addmm(params[1], x, params[0].T).unsqueeze(0)  # the first layer: values only
+        else:
+            z = buf["z"][0]
+            torch.addmm(params[1], x, params[0].T, out=z[0])
         for layer in range(len(params) // 2 - 1):
             if layer:
                 w, b = params[2 * layer], params[2 * layer + 1]
                 inputs.append(a)
-                z = (a.reshape(S * n, -1) @ w.T).reshape(S, n, -1)
+                if buf is None:
+                    z = (a.reshape(S * n, -1) @ w.T).reshape(S, n, -1)
+                else:
+                    z = buf["z"][layer]
+                    torch.mm(a.view(S * n, -1), w.T, out=z.view(S * n, -1))
                 z[0] += b
-            wz = omega * z[0]
-            s, c = torch.sin(wz), omega * torch.cos(wz)
-            a = ext.sine_streams_forward(z, params[0] if layer == 0 else empty, s, c, omega, order)
+            if buf is None:
+                wz = omega * z[0]
+                s, c = torch.sin(wz), omega * torch.cos(wz)
+                a = ext.sine_streams_forward(z, params[0] if layer == 0 else empty, s, c, omega, order)
+            else:
+                m = z.shape[2]
+                wz = buf["wz"].view(-1)[: n * m].view(n, m)
+                s, c, a = buf["s"][layer], buf["c"][layer], buf["a"][layer]
+                torch.mul(z[0], omega, out=wz)
+                torch.sin(wz, out=s)
+                torch.cos(wz, out=c)
+                c.mul_(omega)
+                ext.sine_streams_forward_out(z, params[0] if layer == 0 else empty, s, c, omega, order, a)
             zs.append(z)
             trig += [s, c]
         inputs.append(a)
-        u = (a.reshape(S * n, -1) @ params[-2].T).reshape(S, n, -1)
+        if buf is None:
+            u = (a.reshape(S * n, -1) @ params[-2].T).reshape(S, n, -1)
+        else:
+            torch.mm(a.view(S * n, -1), params[-2].T, out=buf["u"].view(S * n, -1))
+            u = buf["u"].detach()  # a new tensor object on the buffer (autograd records its history on it)
         u[0] += params[-1]
         ctx.omega, ctx.order, ctx.n_params, ctx.n_layers = omega, order, len(params), len(zs)
+        ctx.workspace = workspace
         ctx.save_for_backward(x, *params, *inputs, *zs, *trig)
         return u
 
@@ -160,29 +253,19 @@ class _CpuStreamsFunction(torch.autograd.Function):
         empty = params[0].new_empty(0)
         layer_of = {id(z): k for k, z in enumerate(zs)}
 
-        def sine_backward(ga, z, first):
+        def sine_backward(ga, z, first, out=None):
             k = layer_of[id(z)]
-            return ext.sine_streams_backward(ga.contiguous(), z, params[0] if first else empty, trig[2 * k],
-                                             trig[2 * k + 1], ctx.omega, ctx.order)
+            w0 = params[0] if first else empty
+            if out is None:
+                return ext.sine_streams_backward(ga.contiguous(), z, w0, trig[2 * k], trig[2 * k + 1], ctx.omega,
+                                                 ctx.order)
+            ext.sine_streams_backward_out(ga.contiguous(), z, w0, trig[2 * k], trig[2 * k + 1], ctx.omega,
+                                          ctx.order, out)
+            return out
 
-        grads = streams_backward(grad_u, x, params, inputs, zs, ctx.omega, ctx.order, sine_backward,
-                                 lambda p, q: p @ q)
-        return (None, None, None, *grads)
-
-
-FUSED_MAX_ELEMENTS = 100_000
-"""Points × widest layer up to which the ``torch`` backend uses the fused CPU kernels. In whole registrations at the
-CPU default's sizes (750 and 1,500 points × 3×48 = 72,000) they make the run 1.28× faster
-(``benchmarks/fused_in_step.py --registration``, record ``fused_in_step_20261126T014606Z.json``). Beyond, with
-glibc's malloc as it comes, the fused step was slower (a page-fault effect: its saved stream tensors are fewer
-but larger and are mapped afresh every step; ``benchmarks/malloc_policy.py``, record
-``malloc_policy_20261126T040523Z.json``: 2.32 vs 1.72 s at 10,000 × 3×256). With freed memory kept
-(:func:`idir_fast.environment.keep_freed_memory`, which ``register()`` applies on a CPU) the fused step is faster
-at every size measured (1.11 vs 1.27 s there) — but it changes the float32 rounding order and so the trajectory,
-and no full-length ``schedule="paper"`` accuracy record exists with it yet, so the rule stays until one does.
-``IDIR_FAST_CPU_FUSED=1`` uses the kernels at every size, ``=0`` never."""
-
-ENV_CPU_FUSED = "IDIR_FAST_CPU_FUSED"
+        grads = streams_backward(grad_u, x, params, inputs, zs, ctx.omega, ctx.order, sine_backward, _mm,
+                                 workspace=ctx.workspace)
+        return (None, None, None, None, *grads)
 
 
 def fused_available(x: torch.Tensor, params: Sequence[torch.Tensor] = ()) -> bool:
@@ -191,24 +274,26 @@ def fused_available(x: torch.Tensor, params: Sequence[torch.Tensor] = ()) -> boo
     from .sample_ncc import extension
 
     ext = extension()
-    return (x.device.type == "cpu" and ext is not None and hasattr(ext, "sine_streams_forward")
+    return (x.device.type == "cpu" and ext is not None and hasattr(ext, "sine_streams_forward_out")
             and x.dtype in (torch.float32, torch.float64))
 
 
-def fused_pays(x: torch.Tensor, params: Sequence[torch.Tensor] = ()) -> bool:
-    """Whether the ``torch`` backend should use :func:`siren_streams_fused` here: it can run, and the problem is
-    within :data:`FUSED_MAX_ELEMENTS` (``IDIR_FAST_CPU_FUSED=1``/``0`` overrides the size rule)."""
-    if not fused_available(x, params):
-        return False
-    forced = os.environ.get(ENV_CPU_FUSED)
-    if forced in ("0", "1"):
-        return forced == "1"
-    widest = max((int(w.shape[0]) for w in params[0:-2:2]), default=0)
-    return 0 < x.shape[0] * widest <= FUSED_MAX_ELEMENTS
-
-
-def siren_streams_fused(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor, order: int) -> torch.Tensor:
-    """:func:`siren_streams` through the compiled CPU kernels (same contract, differentiable w.r.t. ``params``).
+def siren_streams_fused(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor, order: int,
+                        workspace: Optional[StreamWorkspace] = None) -> torch.Tensor:
+    """:func:`siren_streams` through the compiled CPU kernels (same contract, differentiable w.r.t. ``params``);
+    with a ``workspace`` the large tensors are its buffers (then the result is valid until the next call).
 
     Not usable under ``torch.func.vmap`` (the batched-pairs step uses :func:`siren_streams`)."""
-    return _CpuStreamsFunction.apply(x.contiguous(), float(omega), int(order), *[p.contiguous() for p in params])
+    return _CpuStreamsFunction.apply(x.contiguous(), float(omega), int(order), workspace,
+                                     *[p.contiguous() for p in params])
+
+
+def evaluate_streams(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor, order: int,
+                     workspace: Optional[StreamWorkspace] = None) -> torch.Tensor:
+    """The streams at ``x`` without gradients, for writing fields: through the compiled kernels into
+    ``workspace`` on a CPU (the evaluation of a whole grid chunk by chunk then allocates nothing large), else
+    :func:`siren_streams`. The result is valid until the next call with the same workspace."""
+    with torch.no_grad():
+        if workspace is not None and workspace.fused and fused_available(x):
+            return siren_streams_fused(params, omega, x, order, workspace)
+        return siren_streams(params, omega, x, order)

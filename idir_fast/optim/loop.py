@@ -56,7 +56,7 @@ def _device_scope(device: torch.device):
 def run(step, sampler: PointSampler, epochs: int, *, device: torch.device, loop: str = "fast",
         sync_every: Optional[int] = None, progress: Optional[str] = None,
         log: Optional[Callable[[int, list], None]] = None, sync_debug: bool = False,
-        lr_at: Optional[Callable[[int], float]] = None, stop_rule=None) -> LoopResult:
+        lr_at: Optional[Callable[[int], float]] = None, stop_rule=None, governor=None) -> LoopResult:
     """Run ``epochs`` steps of ``step`` on batches from ``sampler``.
 
     Args:
@@ -73,6 +73,8 @@ def run(step, sampler: PointSampler, epochs: int, *, device: torch.device, loop:
         lr_at: the learning rate of each epoch (set on the device before the step; a CUDA graph reads it there).
         stop_rule: an object with ``converged(losses) → bool`` (:class:`~idir_fast.schedule.ConvergenceRule`)
             asked at every host read with the losses so far (summed over pairs); the loop then stops early.
+        governor: a :class:`~idir_fast.threads.ThreadGovernor` told of every step (CPU runs: it may change the
+            thread count between steps; results do not depend on it).
 
     Raises:
         DivergenceError: the loss became non-finite (names the epoch).
@@ -115,6 +117,8 @@ def run(step, sampler: PointSampler, epochs: int, *, device: torch.device, loop:
                     torch.cuda.current_stream(device).wait_stream(side)
                 else:
                     history[epoch] = step(*sampler.draw())
+                if governor is not None:
+                    governor.tick()
                 if (epoch + 1) % sync_every == 0 or epoch + 1 == epochs:
                     seen.append(_check_and_report(history, epoch, bar, sync_every, log))
                     if stop_rule is not None and stop_rule.converged(np.concatenate(seen)[:, :, 0].sum(1)):

@@ -58,7 +58,7 @@ def _progress_label(settings: RunSettings, choice, n_pairs: int) -> str:
 
 
 def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: bool = False,
-             sync_debug: bool = False, fwd_to_bwd: Optional[np.ndarray] = None) -> Trained:
+             sync_debug: bool = False, fwd_to_bwd: Optional[np.ndarray] = None, governor=None) -> Trained:
     """Train one network per pair, all in one loop (one pair: any backend; several: a batched step).
 
     Args:
@@ -69,6 +69,7 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
         sync_debug: fail on any host synchronisation of the replayed CUDA graph (GPU acceptance).
         fwd_to_bwd: for symmetric registration (two pairs: forward, backward), the 4×4 map from the forward
             network's frame to the backward one's; adds the cycle-consistency term (:class:`SymmetricStep`).
+        governor: the run's :class:`~idir_fast.threads.ThreadGovernor` (CPU), started here and told of every step.
     """
     device = settings.torch_device
     if fwd_to_bwd is None and len({min(settings.batch_size, p.num_points) for p in pairs}) != 1:
@@ -85,6 +86,8 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
         step = BatchedStep(sirens, pairs, choice, settings, capturable=capturable)
     label = _progress_label(settings, step.choice, len(pairs)) if progress else None
     results, record = [], []
+    if governor is not None:
+        governor.start()
     for k, stage in enumerate(stages):
         stage_pairs = [p.with_smoothing(stage.smoothing) for p in pairs]
         step.set_pairs(stage_pairs)
@@ -94,7 +97,7 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
         rule = ConvergenceRule(settings.tol, min_epochs=max(100, stage.epochs // 2)) if settings.tol else None
         result = run(step, sampler, stage.epochs, device=device, loop=settings.loop,
                      progress=(f"{label} {k + 1}/{len(stages)}" if len(stages) > 1 else label) if label else None,
-                     sync_debug=sync_debug, lr_at=stage.lr_at, stop_rule=rule)
+                     sync_debug=sync_debug, lr_at=stage.lr_at, stop_rule=rule, governor=governor)
         results.append(result)
         record.append({"epochs": stage.epochs, "epochs_run": result.epochs_run, "points": batch,
                        "smoothing_voxels": stage.smoothing, "lr": stage.lr, "seconds": result.seconds,

@@ -93,9 +93,13 @@ class PairStep:
         self.params = siren.parameter_list()
         self.omega, self.order, self.precision = float(siren.omega), settings.order, settings.precision
         self.device = pair.points.device
-        self.choice = self_check(choice, self.params, self.omega, self.order, self.precision)
+        self.choice = self_check(choice, self.params, self.omega, self.order, self.precision, settings.cpu_kernels,
+                                 settings.self_check)
         self.backend = self.choice.backend
         self.settings = settings
+        # the backend's buffers for the large tensors of a step, made once and reused (no per-step allocation)
+        self.workspace = self.backend.workspace(siren.hidden, self.order, self.params[0].dtype, self.device,
+                                                settings.cpu_kernels)
         self.set_pairs([pair])
         self.optimizer = make_adam(self.params, settings.lr, self.device, capturable)
 
@@ -105,7 +109,7 @@ class PairStep:
 
     def losses(self, x: torch.Tensor, f: torch.Tensor):
         """``(loss, −NCC, R)`` at points ``x`` ``(B, 3)`` with fixed values ``f`` ``(B,)`` (differentiable)."""
-        d = self.backend.derivatives(self.params, self.omega, x, self.order, self.precision)
+        d = self.backend.derivatives(self.params, self.omega, x, self.order, self.precision, workspace=self.workspace)
         return self.objective(d, f)
 
     def __call__(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -141,7 +145,7 @@ class BatchedStep:
                        for k in range(len(per_pair[0]))]
         self.omega, self.order, self.precision = float(sirens[0].omega), settings.order, settings.precision
         self.choice = self_check(choice, [p[0].detach() for p in self.params], self.omega, self.order,
-                                 self.precision)
+                                 self.precision, "ops", settings.self_check)  # under vmap: PyTorch's ops
         self.backend = self.choice.backend
         self.settings = settings
         self.set_pairs(pairs)

@@ -1,0 +1,206 @@
+"""The registration cases of the benchmarks, each with an exact answer: fixed landmarks ``x`` and moving landmarks
+``Φ(x)`` of a known map Φ (fixed → moving world points, LPS mm).
+
+* ``ct-<A>mm`` — the shared real chest CT deformed by :func:`idir_fast.data.deformed_pair` (breathing-like motion
+  of amplitude A; 100 landmarks in the lungs; ``seed`` varies the motion);
+* ``phantom`` — :func:`idir_fast.data.phantom_pair` (the demo phantom);
+* ``blobs`` — a smooth non-lung texture (Gaussian blobs in an ellipsoidal body, 36×44×40 voxels of 2 mm) deformed
+  by a known sine displacement of 3 mm amplitude.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from idir_fast.data import deformed_pair, phantom_pair, warp_image
+
+from .common import data_file
+
+ALL_CASES = ("ct-10mm", "ct-18mm", "ct-30mm", "phantom", "blobs")
+CT_FILE = ("ct", "chest_ct_1p5mm.nii.gz")
+
+
+@dataclass
+class Case:
+    """A registration pair with an exact answer.
+
+    Attributes:
+        name: short name used on the command line and in the results.
+        fixed, moving: Float32 images.
+        mask: UInt8 mask of the fixed image (folding is counted inside it; idir_fast samples inside it).
+        fixed_landmarks, moving_landmarks: ``(N, 3)`` world points (LPS mm); ``moving = Φ(fixed)`` exactly.
+        description: one line saying how the pair was made.
+    """
+
+    name: str
+    fixed: sitk.Image
+    moving: sitk.Image
+    mask: sitk.Image
+    fixed_landmarks: np.ndarray
+    moving_landmarks: np.ndarray
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """Geometry and landmark count, for the results file."""
+        return {"name": self.name, "description": self.description, "size": list(self.fixed.GetSize()),
+                "spacing": list(self.fixed.GetSpacing()), "origin": list(self.fixed.GetOrigin()),
+                "direction": list(self.fixed.GetDirection()), "landmarks": int(len(self.fixed_landmarks)),
+                "mask_voxels": int(np.count_nonzero(sitk.GetArrayViewFromImage(self.mask))), **self.extra}
+
+
+class SineDeformation:
+    """A smooth, invertible map ``Φ(p) = p + d(p)`` (world mm) with a sine displacement.
+
+    Each component of ``d`` varies along a different axis: ``d_x = A sin(k (p_y − c_y) + φ_0)``,
+    ``d_y = A sin(k (p_z − c_z) + φ_1)``, ``d_z = A sin(k (p_x − c_x) + φ_2)``, ``k = 2π / wavelength``. Then
+    ``det ∂Φ/∂p = 1 + ∂_y d_x ∂_z d_y ∂_x d_z ≥ 1 − (A k)³ > 0`` and ``|∂d/∂p| ≤ A k < 1``, so Φ is fold-free and
+    the fixed-point iteration ``p ← q − d(p)`` converges to ``Φ⁻¹(q)``.
+    """
+
+    def __init__(self, centre: Sequence[float], amplitude_mm: float = 3.0, wavelength_mm: float = 50.0,
+                 phases: Sequence[float] = (0.3, 1.1, 2.0)):
+        self.centre = np.asarray(centre, dtype=np.float64)
+        self.amplitude = float(amplitude_mm)
+        self.k = 2.0 * np.pi / float(wavelength_mm)
+        self.phases = np.asarray(phases, dtype=np.float64)
+        if self.amplitude * self.k >= 0.9:
+            raise ValueError("SineDeformation: amplitude × 2π / wavelength must stay below 0.9 (invertibility)")
+
+    def displacement(self, p: np.ndarray) -> np.ndarray:
+        """``d(p)`` for ``(..., 3)`` world points."""
+        q = np.asarray(p, dtype=np.float64) - self.centre
+        a, k, ph = self.amplitude, self.k, self.phases
+        return np.stack([a * np.sin(k * q[..., 1] + ph[0]), a * np.sin(k * q[..., 2] + ph[1]),
+                         a * np.sin(k * q[..., 0] + ph[2])], axis=-1)
+
+    def __call__(self, p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p, dtype=np.float64)
+        return p + self.displacement(p)
+
+    def inverse(self, q: np.ndarray, iterations: int = 60) -> np.ndarray:
+        """``Φ⁻¹(q)`` by fixed-point iteration (a contraction since ``|∂d/∂p| < 1``)."""
+        q = np.asarray(q, dtype=np.float64)
+        p = q.copy()
+        for _ in range(iterations):
+            p = q - self.displacement(p)
+        return p
+
+
+def world_points(image: sitk.Image, index_xyz: np.ndarray) -> np.ndarray:
+    """World points (LPS mm) of continuous ``(N, 3)`` indices in (x, y, z) order: ``origin + D·diag(s)·i``."""
+    d = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    s = np.asarray(image.GetSpacing(), dtype=np.float64)
+    return np.asarray(image.GetOrigin(), dtype=np.float64) + (np.asarray(index_xyz, float) * s) @ d.T
+
+
+def blob_texture(size_xyz=(36, 44, 40), spacing=(2.0, 2.0, 2.0), origin=None, direction=None, blobs: int = 160,
+                 seed: int = 0):
+    """A smooth random texture: Gaussian blobs inside an ellipsoidal body, constant background outside.
+
+    Args:
+        size_xyz: voxels (x, y, z). spacing: mm. origin: world origin; default centres the volume at 0.
+        direction: 9 direction cosines (row-major); default identity.
+        blobs: number of blobs. seed: random seed.
+
+    Returns:
+        ``(image, mask)``: Float32 image (body 100 + blobs of ±40–120, background 0) and the UInt8 body mask.
+    """
+    rng = np.random.default_rng(seed)
+    nx, ny, nz = size_xyz
+    sp = np.asarray(spacing, float)
+    ext = (np.asarray(size_xyz) - 1) * sp
+    kk, jj, ii = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
+    p = np.stack([ii, jj, kk], -1) * sp  # local mm (x, y, z), array order (z, y, x)
+    c = ext / 2.0
+    semi = 0.44 * ext
+    body = np.sum(((p - c) / semi) ** 2, axis=-1) < 1.0
+    values = np.zeros(p.shape[:3])
+    for _ in range(blobs):
+        centre = c + semi * rng.uniform(-0.9, 0.9, size=3)
+        sigma = rng.uniform(2.0, 5.0)
+        amp = rng.choice([-1.0, 1.0]) * rng.uniform(40.0, 120.0)
+        values += amp * np.exp(-np.sum((p - centre) ** 2, axis=-1) / (2.0 * sigma ** 2))
+    arr = np.where(body, 100.0 + values, 0.0).astype(np.float32)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(tuple(float(s) for s in sp))
+    img.SetDirection(tuple(float(v) for v in (direction if direction is not None else np.eye(3).ravel())))
+    if origin is None:  # put the volume's centre at the world origin
+        centre_world = world_points(img, ((np.asarray(size_xyz) - 1) / 2.0)[None])[0]
+        origin = -centre_world
+    img.SetOrigin(tuple(float(v) for v in origin))
+    mask = sitk.GetImageFromArray(body.astype(np.uint8))
+    mask.CopyInformation(img)
+    return img, mask
+
+
+def pick_landmarks(image: sitk.Image, mask: sitk.Image, n: int, rng, margin_mm: float = 6.0) -> np.ndarray:
+    """``n`` world points at high image gradient inside ``mask`` eroded by ``margin_mm``.
+
+    The ``4 n`` voxels with the largest gradient magnitude (Gaussian derivative, σ = 1.5 × the smallest spacing)
+    inside the eroded mask are candidates; ``n`` of them are drawn at random.
+    """
+    radius = [max(1, int(round(margin_mm / s))) for s in image.GetSpacing()]
+    inner = sitk.GetArrayFromImage(sitk.BinaryErode(sitk.Cast(mask > 0, sitk.sitkUInt8), radius)) > 0
+    grad = sitk.GetArrayFromImage(sitk.GradientMagnitudeRecursiveGaussian(image, 1.5 * min(image.GetSpacing())))
+    candidates = np.flatnonzero(inner.ravel())
+    top = candidates[np.argsort(grad.ravel()[candidates])[::-1][: 4 * n]]
+    chosen = rng.choice(top, size=min(n, top.size), replace=False)
+    kk, jj, ii = np.unravel_index(chosen, inner.shape)
+    return world_points(image, np.stack([ii, jj, kk], 1).astype(float))
+
+
+def blobs_case(amplitude_mm: float = 3.0, num_landmarks: int = 100, noise: float = 2.0, seed: int = 0) -> Case:
+    """The smooth non-lung pair: :func:`blob_texture` deformed by :class:`SineDeformation`.
+
+    As ``idir_fast.data.deformed_pair``: ``moving(y) = fixed(Φ⁻¹(y))`` (fixed-point inversion), so the fixed
+    landmarks ``x`` correspond exactly to ``Φ(x)``; independent noise (σ = ``noise``) is added to the moving image.
+    """
+    rng = np.random.default_rng(seed)
+    fixed, mask = blob_texture(seed=seed)
+    centre = world_points(fixed, ((np.asarray(fixed.GetSize()) - 1) / 2.0)[None])[0]
+    phi = SineDeformation(centre, amplitude_mm=amplitude_mm)
+    moving = warp_image(fixed, phi.inverse, background=0.0)
+    if noise > 0:
+        arr = sitk.GetArrayFromImage(moving) + rng.normal(scale=noise, size=moving.GetSize()[::-1])
+        noisy = sitk.GetImageFromArray(arr.astype(np.float32))
+        noisy.CopyInformation(moving)
+        moving = noisy
+    fixed_lm = pick_landmarks(fixed, mask, num_landmarks, rng)
+    return Case("blobs", fixed, moving, mask, fixed_lm, phi(fixed_lm),
+                f"Gaussian-blob texture {fixed.GetSize()} at {fixed.GetSpacing()} mm, sine displacement "
+                f"{amplitude_mm} mm amplitude, 50 mm wavelength, {len(fixed_lm)} landmarks at high gradient in "
+                f"the body")
+
+
+def ct_case(amplitude_mm: float, data: Optional[str] = None, seed: int = 0, num_landmarks: int = 100) -> Case:
+    """The shared chest CT deformed by :func:`idir_fast.data.deformed_pair` at ``amplitude_mm``."""
+    ct = data_file(data, *CT_FILE)
+    pair = deformed_pair(sitk.ReadImage(str(ct)), amplitude_mm=amplitude_mm, num_landmarks=num_landmarks, seed=seed)
+    name = f"ct-{amplitude_mm:g}mm" + (f"-s{seed}" if seed else "")
+    return Case(name, pair.fixed, pair.moving, pair.mask, pair.fixed_landmarks, pair.moving_landmarks,
+                f"{ct.name} deformed by deformed_pair(amplitude_mm={amplitude_mm:g}, num_landmarks={num_landmarks}, "
+                f"seed={seed}); lung mask")
+
+
+def phantom_case() -> Case:
+    """The demo pair :func:`idir_fast.data.phantom_pair`."""
+    pair = phantom_pair()
+    return Case("phantom", pair.fixed, pair.moving, pair.mask, pair.fixed_landmarks, pair.moving_landmarks,
+                "idir_fast.data.phantom_pair() (procedural lung phantom, 15 mm breathing motion); lung mask")
+
+
+def build_case(name: str, data: Optional[str] = None) -> Case:
+    """The case called ``name`` (:data:`ALL_CASES`; ``ct-<amplitude>mm`` for any amplitude)."""
+    m = re.fullmatch(r"ct-(\d+(?:\.\d+)?)mm", name)
+    if m:
+        return ct_case(float(m.group(1)), data)
+    if name == "phantom":
+        return phantom_case()
+    if name == "blobs":
+        return blobs_case()
+    raise ValueError(f"unknown case {name!r}; known: {', '.join(ALL_CASES)} (ct-<amplitude>mm for any amplitude)")
