@@ -298,6 +298,22 @@ def default_modes(cores: int, baseline: Optional[str]) -> List[str]:
     return modes
 
 
+def summarise(rows: List[dict]) -> List[dict]:
+    """One row per (condition, mode): the median wall time over rounds (and its pairs/hour), the rounds' range."""
+    out = []
+    keys = []
+    for r in rows:
+        if (r["condition"], r["mode"]) not in keys:
+            keys.append((r["condition"], r["mode"]))
+    for condition, mode in keys:
+        sel = [r for r in rows if (r["condition"], r["mode"]) == (condition, mode)]
+        walls = sorted(r["wall_s"] for r in sel)
+        mid = sel[[r["wall_s"] for r in sel].index(walls[(len(walls) - 1) // 2])]
+        out.append(dict(mid, wall_s_rounds=walls, rounds=len(sel),
+                        failed=sum(r["failed"] for r in sel), peak_rss_mib=max(r["peak_rss_mib"] for r in sel)))
+    return out
+
+
 def format_table(rows: List[dict]) -> str:
     head = f"{'condition':9s} {'mode':22s} {'wall s':>8s} {'pairs/h':>8s} {'TRE mm':>7s} {'failed':>6s} {'peak MiB':>9s}"
     lines = [head, "-" * len(head)]
@@ -318,6 +334,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS), help="folder of the record (default benchmarks/results)")
     ap.add_argument("--quick", action="store_true", help="2 phantom pairs, tiny settings: a smoke test")
     ap.add_argument("--work", default=None, help="folder for the pairs and outputs (default: a temporary one)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every mode this many times, in another order each round (default 1)")
     ap.add_argument("--burn", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--run-many", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--run-ants", nargs=5, help=argparse.SUPPRESS)
@@ -348,17 +366,22 @@ def main(argv=None) -> int:
         work = Path(tmp)
         manifest = write_cohort(work / "pairs", pairs, a.data, a.quick)
         rows: List[Dict] = []
-        for condition in conditions:
-            for mode in modes:
-                print(f"{condition:5s} {mode} …", flush=True)
-                row = run_mode(mode, condition, manifest, work, a.quick, a.baseline, pairs)
-                rows.append(row)
-                tre = "—" if row["tre_mean_mm"] is None else f"{row['tre_mean_mm']:.3f} mm"
-                print(f"      {row['wall_s']:.1f} s, {row['pairs_per_hour']:.0f} pairs/h, TRE {tre}, "
-                      f"{row['failed']} failed, peak {row['peak_rss_mib']:.0f} MiB", flush=True)
+        for r in range(a.rounds):
+            for condition in conditions:
+                order = modes[r % len(modes):] + modes[:r % len(modes)] if r % 2 == 0 else \
+                    list(reversed(modes[r % len(modes):] + modes[:r % len(modes)]))
+                for mode in order:
+                    print(f"{condition:5s} {mode} (round {r + 1}) …", flush=True)
+                    row = dict(run_mode(mode, condition, manifest, work, a.quick, a.baseline, pairs), round=r + 1)
+                    rows.append(row)
+                    tre = "—" if row["tre_mean_mm"] is None else f"{row['tre_mean_mm']:.3f} mm"
+                    print(f"      {row['wall_s']:.1f} s, {row['pairs_per_hour']:.0f} pairs/h, TRE {tre}, "
+                          f"{row['failed']} failed, peak {row['peak_rss_mib']:.0f} MiB", flush=True)
+    summary = summarise(rows)
     print()
-    print(format_table(rows))
+    print(format_table(summary))
     record = {"command": sys.argv, "pairs": pairs, "cores": cores, "conditions": conditions, "modes": modes,
+              "rounds": a.rounds, "summary": summary,
               "quick": a.quick, "baseline": a.baseline, "machine": machine_info(), "rows": rows,
               "cases": "quick phantom" if a.quick else
               f"chest CT, deformed_pair amplitudes {list(AMPLITUDES_MM[:pairs])} mm, seeds 0..{pairs - 1}"}

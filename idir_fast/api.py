@@ -24,7 +24,10 @@ from .optim.affine import affine_stage
 from .optim.prepare import PreparedPair, prepare_pair
 from .optim.run import Trained, optimise
 from .optim.step import HISTORY_TERMS
+from . import consistency
+from .record import RunRecord
 from .registration import Registration
+from .transform import Network, Transform
 from .settings import RunSettings, with_setting_parameters
 from .threads import run_threads
 
@@ -132,31 +135,35 @@ def prepare_run(inputs: PairInputs, settings: RunSettings) -> PreparedRun:
 
 
 def _result(i: int, trained: Trained, pair: PreparedPair, inputs: PairInputs, settings: RunSettings,
-            timings: dict, extra: Optional[dict] = None, backward=None, governor=None) -> Registration:
-    """The :class:`Registration` of pair ``i`` of a trained batch: settings and versions, history, timings, TRE;
-    ``backward`` = ``(siren, backward pair)`` of a symmetric registration."""
-    record = settings.to_dict()
-    record.update(trained.choice.record())
-    record.update(batch_size=trained.batch_size, mask_voxels=pair.num_points, stages=trained.stages,
-                  backward_passes_per_epoch=trained.choice.backend.backward_passes(settings.order),
-                  cuda_graph=trained.loop.graph, versions=environment(settings.torch_device), **inputs.paths,
-                  **(extra or {}))
+            timings: dict, t_start: float, extra: Optional[dict] = None, backward=None,
+            governor=None) -> Registration:
+    """The :class:`Registration` of pair ``i`` of a trained batch, its record made once: what the run used, the
+    history, the timings (``total_s`` up to here), TRE when landmarks were given, the cycle consistency of a
+    symmetric registration (``backward`` = ``(siren, backward pair)``)."""
+    run = dict(trained.choice.record())
+    run.update(batch_size=trained.batch_size, mask_voxels=pair.num_points, stages=trained.stages,
+               backward_passes_per_epoch=trained.choice.backend.backward_passes(settings.order),
+               cuda_graph=trained.loop.graph, versions=environment(settings.torch_device), **inputs.paths,
+               **(extra or {}))
     if governor is not None:
-        record["threads_used"] = governor.record()
-    history = {name: trained.history(i)[:, k] for k, name in enumerate(HISTORY_TERMS)}
-    reg = Registration(trained.sirens[i], pair.world_to_normalised, pair.fixed_geometry, record, history,
-                       timings, moving=inputs.moving, mask=inputs.mask, world_affine=pair.world_affine,
-                       moving_geometry=pair.moving_geometry)
+        run["threads_used"] = governor.record()
+    network = lambda siren, p: Network(siren, np.asarray(p.world_to_normalised, dtype=np.float64))  # noqa: E731
+    transform = Transform(network(trained.sirens[i], pair), pair.fixed_geometry, world_affine=pair.world_affine,
+                          moving_geometry=pair.moving_geometry,
+                          backward=None if backward is None else network(*backward),
+                          device=settings.torch_device)
+    metrics = {}
     if backward is not None:
-        siren, bwd = backward
-        reg.set_backward(siren, bwd.world_to_normalised)
-        reg.metrics["consistency"] = reg.consistency_summary(settings.consistency_flag_mm)
+        metrics["consistency"] = consistency.consistency_summary(transform, inputs.mask, settings.consistency_flag_mm)
     if inputs.fixed_landmarks is not None:
         before = tre(inputs.fixed_landmarks, inputs.moving_landmarks)
-        after = tre(reg.transform_points(inputs.fixed_landmarks), inputs.moving_landmarks)
-        reg.metrics.update(tre_initial=_tre_summary(before), tre=_tre_summary(after),
-                           tre_initial_errors=before["errors"], tre_errors=after["errors"])
-    return reg
+        after = tre(transform.transform_points(inputs.fixed_landmarks), inputs.moving_landmarks)
+        metrics.update(tre_initial=_tre_summary(before), tre=_tre_summary(after),
+                       tre_initial_errors=before["errors"], tre_errors=after["errors"])
+    history = {name: trained.history(i)[:, k] for k, name in enumerate(HISTORY_TERMS)}
+    timings = dict(timings, total_s=time.perf_counter() - t_start)
+    return Registration(transform, RunRecord(settings, run, history, timings, metrics), moving=inputs.moving,
+                        mask=inputs.mask)
 
 
 @with_setting_parameters
@@ -212,10 +219,8 @@ def _register(fixed, moving, mask, settings: RunSettings, governor, t_start: flo
     if run.affine_info:
         timings["affine_s"] = run.affine_info["seconds"]
     backward = (trained.sirens[1], run.pairs[1]) if settings.symmetric else None
-    reg = _result(0, trained, run.pairs[0], inputs, settings, timings, extra=_affine_record(run), backward=backward,
-                  governor=governor)
-    reg.timings["total_s"] = time.perf_counter() - t_start
-    return reg
+    return _result(0, trained, run.pairs[0], inputs, settings, timings, t_start, extra=_affine_record(run),
+                   backward=backward, governor=governor)
 
 
 def _affine_record(run: PreparedRun) -> dict:
@@ -325,11 +330,10 @@ def _register_many(inputs: List[PairInputs], settings: RunSettings, governor, pa
                 if runs[i].affine_info:
                     timings["affine_s"] = runs[i].affine_info["seconds"]
                 backward = (trained.sirens[1], runs[i].pairs[1]) if settings.symmetric else None
-                results[i] = _result(k, trained, prepared[i], inputs[i], settings, timings,
-                                     extra={"pairs_in_batch": len(chunk), **_affine_record(runs[i])},
+                results[i] = _result(k, trained, prepared[i], inputs[i], settings, timings, t0,
+                                     extra={"pairs_in_batch": len(chunk), "backend_requested": settings.backend,
+                                            **_affine_record(runs[i])},
                                      backward=backward, governor=governor)
-                results[i].settings["backend_requested"] = settings.backend
-                results[i].timings["total_s"] = time.perf_counter() - t0
     return results
 
 

@@ -225,6 +225,10 @@ class RunSettings:
         return out
 
     @classmethod
+    def field_names(cls) -> Tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RunSettings":
         """The inverse of :meth:`to_dict`; keys that are not settings are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}

@@ -84,8 +84,8 @@ def test_automatic_backend_that_fails_falls_back_once_and_the_report_says_so(tin
     kw = dict(epochs=2, batch_size=100, hidden=(16,), progress=False)
     with pytest.warns(RuntimeWarning, match="backend 'triton' is not used"):
         reg = idir_fast.register(tiny_pair.fixed, tiny_pair.moving, tiny_pair.mask, **kw)
-    assert reg.settings["backend"] == "torch" and reg.settings["backend_requested"] == "auto"
-    assert any("simulated compile failure" in n for n in reg.settings["backend_notes"])
+    assert reg.run["backend"] == "torch" and reg.run["backend_requested"] == "auto"
+    assert any("simulated compile failure" in n for n in reg.run["backend_notes"])
     with pytest.raises(idir_fast.BackendError, match="simulated compile failure"):
         idir_fast.register(tiny_pair.fixed, tiny_pair.moving, tiny_pair.mask, backend="triton", **kw)
 
@@ -105,8 +105,8 @@ def test_a_wrong_kernel_is_caught_by_the_first_use_self_check(tiny_pair, monkeyp
     with pytest.warns(RuntimeWarning, match="self-check"):
         reg = idir_fast.register(tiny_pair.fixed, tiny_pair.moving, tiny_pair.mask, regularizer="jacobian",
                                  epochs=2, batch_size=100, hidden=(16,), progress=False)
-    assert reg.settings["backend"] == "torch"
-    assert any("J rel. error" in n for n in reg.settings["backend_notes"])
+    assert reg.run["backend"] == "torch"
+    assert any("J rel. error" in n for n in reg.run["backend_notes"])
 
 
 def test_compiled_op_without_cuda_warns_when_a_cuda_device_asks(monkeypatch):
@@ -139,10 +139,11 @@ def test_outputs_are_evaluated_in_chunks_with_bounded_memory():
     """Field, det J and warped image of a grid never hold more than a chunk of points per tensor: the grid is
     generated chunk by chunk on the evaluation device (a 512×512×400 grid needs no 1e8-point tensors)."""
     from idir_fast.core.geometry import ImageGeometry
-    from idir_fast.registration import CHUNK_POINTS, Registration
+    from idir_fast.memory import CHUNK_POINTS
+    from idir_fast.registration import Registration
 
     g = ImageGeometry((70, 60, 50), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    reg = Registration(Siren((32, 32)), g.world_to_normalised(), g, {}, device="cpu")
+    reg = Registration.of_network(Siren((32, 32)), g.world_to_normalised(), g, device="cpu")
     limit = CHUNK_POINTS["cpu"] * 4 * 32  # order-1 streams × width per chunk
     biggest = {"numel": 0}
 

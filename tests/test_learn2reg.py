@@ -50,7 +50,7 @@ def test_voxel_exporter_convention(tmp_path):
     with torch.no_grad():
         siren.weights[-1].zero_()
         siren.biases[-1].copy_(torch.as_tensor(w2n[:3, :3] @ shift_world, dtype=torch.float32))
-    reg = Registration(siren, w2n, g, {})
+    reg = Registration.of_network(siren, w2n, g)
     d = displacement_voxels(reg)
     assert d.shape == (12, 10, 8, 3)
     np.testing.assert_allclose(d[3, 4, 5], [2.0, -1.0, 2.0], atol=1e-4)

@@ -78,7 +78,7 @@ def test_neither_the_command_nor_register_applies_it(tmp_path):
             f"status = main(['register', {str(tmp_path / 'no.nii.gz')!r}, {str(tmp_path / 'no2.nii.gz')!r}, "
             f"'--out', {str(tmp_path / 'out_')!r}])\n"
             "print(json.dumps({'after_register': after_register, 'after_command': malloc_policy(), "
-            "'report': reg.settings['versions']['malloc'], 'status': status}))")
+            "'report': reg.run['versions']['malloc'], 'status': status}))")
     got = _python(code)
     assert (got["after_register"], got["after_command"], got["report"]) == ("system", "system", "system")
     assert got["status"] == 2  # the missing files are refused

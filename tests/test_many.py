@@ -18,7 +18,7 @@ def test_batched_equals_one_at_a_time(three_pairs):
     items = [dict(fixed=p.fixed, moving=p.moving, mask=p.mask, fixed_landmarks=p.fixed_landmarks,
                   moving_landmarks=p.moving_landmarks) for p in three_pairs]
     many = idir_fast.register_many(items, pairs_per_batch=3, **KW)
-    assert [r.settings["pairs_in_batch"] for r in many] == [3, 3, 3]
+    assert [r.run["pairs_in_batch"] for r in many] == [3, 3, 3]
     for p, r in zip(three_pairs, many):
         alone = idir_fast.register(p.fixed, p.moving, p.mask, fixed_landmarks=p.fixed_landmarks,
                                    moving_landmarks=p.moving_landmarks, **KW)
@@ -30,7 +30,7 @@ def test_batched_equals_one_at_a_time(three_pairs):
 
 def test_automatic_batch_and_input_errors(three_pairs):
     regs = idir_fast.register_many([(p.fixed, p.moving, p.mask) for p in three_pairs[:2]], **KW)
-    assert len(regs) == 2 and regs[0].settings["pairs_in_batch"] == 2
+    assert len(regs) == 2 and regs[0].run["pairs_in_batch"] == 2
     with pytest.raises(idir_fast.InputError, match="'pairs' is empty"):
         idir_fast.register_many([], **KW)
     with pytest.raises(idir_fast.InputError, match="pairs\\[0\\].mask' is empty"):

@@ -60,7 +60,7 @@ def _registration(world_affine=None, omega=3.0, seed=0):
     siren = Siren((24, 24), omega=omega, init="siren", dtype=torch.float64)
     with torch.no_grad():
         siren.weights[-1].mul_(0.25)  # a clearly non-affine map without folds
-    return Registration(siren, g.world_to_normalised(), g, {}, device="cpu", world_affine=world_affine), g
+    return Registration.of_network(siren, g.world_to_normalised(), g, device="cpu", world_affine=world_affine), g
 
 
 @pytest.mark.parametrize("affine", [None, "general"])

@@ -28,7 +28,7 @@ def test_short_registration_lowers_tre_by_60_percent_without_folding(small_pair,
 def test_default_schedule_lowers_tre_by_60_percent_without_folding(small_pair):
     reg = idir_fast.register(small_pair.fixed, small_pair.moving, small_pair.mask, progress=False,
                              fixed_landmarks=small_pair.fixed_landmarks, moving_landmarks=small_pair.moving_landmarks)
-    assert reg.settings["schedule"] == "auto" and len(reg.settings["stages"]) == 2
+    assert reg.settings.schedule == "auto" and len(reg.run["stages"]) == 2
     assert reg.metrics["tre"]["mean"] < 0.4 * reg.metrics["tre_initial"]["mean"]
     assert folding(reg.jacobian_determinant(), small_pair.mask)["count"] == 0
 
@@ -49,7 +49,7 @@ def test_torch_and_reference_backends_reach_the_same_tre(small_pair):
     fast = _register(small_pair, backend="torch", **kw)
     assert fast.metrics["tre"]["mean"] == pytest.approx(ref.metrics["tre"]["mean"], rel=0.01)
     np.testing.assert_allclose(fast.history["loss"], ref.history["loss"], rtol=1e-6, atol=1e-9)
-    assert ref.settings["backward_passes_per_epoch"] == 13 and fast.settings["backward_passes_per_epoch"] == 1
+    assert ref.run["backward_passes_per_epoch"] == 13 and fast.run["backward_passes_per_epoch"] == 1
 
 
 def test_save_then_load_gives_identical_transform(tiny_pair, tmp_path):
@@ -59,7 +59,7 @@ def test_save_then_load_gives_identical_transform(tiny_pair, tmp_path):
     loaded = idir_fast.load(out["model"])
     pts = tiny_pair.fixed_landmarks
     np.testing.assert_array_equal(loaded.transform_points(pts), reg.transform_points(pts))
-    assert loaded.settings["epochs"] == 5
+    assert loaded.settings.epochs == 5
     np.testing.assert_array_equal(loaded.history["loss"], reg.history["loss"])
     assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
 
@@ -67,8 +67,8 @@ def test_save_then_load_gives_identical_transform(tiny_pair, tmp_path):
 def test_compat_mode_records_released_code_settings(tiny_pair):
     reg = _register(tiny_pair, epochs=3, batch_size=200, hidden=(16, 16), compat="idir-2022")
     s = reg.settings
-    assert (s["lr"], s["init"], s["normalisation"], s["alpha"]) == (1e-5, "idir-2022", "per-axis", 10.0)
-    assert "torch" in s["versions"] and s["versions"]["idir_fast"] == idir_fast.__version__
+    assert (s.lr, s.init, s.normalisation, s.alpha) == (1e-5, "idir-2022", "per-axis", 10.0)
+    assert "torch" in reg.run["versions"] and reg.run["versions"]["idir_fast"] == idir_fast.__version__
 
 
 def test_numpy_inputs_with_geometry(tiny_pair):
@@ -89,7 +89,7 @@ def test_fast_loop_matches_eager_loop(small_pair):
     eager = _register(small_pair, loop="eager", **kw)
     fast = _register(small_pair, loop="fast", **kw)
     np.testing.assert_allclose(fast.history["loss"], eager.history["loss"], rtol=1e-5, atol=1e-7)
-    assert fast.settings["loop"] == "fast" and eager.settings["loop"] == "eager"
+    assert fast.settings.loop == "fast" and eager.settings.loop == "eager"
 
 
 def test_divergence_guard_stops_an_exploding_run(tiny_pair):

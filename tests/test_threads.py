@@ -54,11 +54,11 @@ def test_the_environment_gives_the_default_and_an_argument_wins(monkeypatch):
 
 def test_the_report_records_the_setting_and_the_threads_used(tiny_pair):
     reg = idir_fast.register(tiny_pair.fixed, tiny_pair.moving, threads=1, **KW)
-    used = reg.settings["threads_used"]
-    assert reg.settings["threads"] == 1
+    used = reg.run["threads_used"]
+    assert reg.settings.threads == 1
     assert used["setting"] == 1 and used["max"] == 1 and used["adaptive"] is False and used["mean"] == 1.0
-    assert used["changes"] == [[0, 1]]
-    auto = idir_fast.register(tiny_pair.fixed, tiny_pair.moving, **KW).settings["threads_used"]
+    assert [list(c) for c in used["changes"]] == [[0, 1]]
+    auto = idir_fast.register(tiny_pair.fixed, tiny_pair.moving, **KW).run["threads_used"]
     assert auto["setting"] == "auto" and auto["adaptive"] is True
     assert 1 <= auto["mean"] <= auto["max"] == max(1, threads.usable_cores())
 

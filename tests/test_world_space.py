@@ -18,7 +18,7 @@ def _random_registration(fixed, normalisation, seed=0, scale=0.05):
         siren.weights[-1].mul_(scale / siren.weights[-1].abs().max())
         siren.biases[-1].uniform_(-0.02, 0.02)
     g = ImageGeometry.from_sitk(fixed)
-    return Registration(siren, g.world_to_normalised(normalisation), g, {"normalisation": normalisation})
+    return Registration.of_network(siren, g.world_to_normalised(normalisation), g)
 
 
 def test_geometry_matches_simpleitk_index_to_physical():
@@ -71,7 +71,7 @@ def test_transform_points_commutes_with_frames(tmp_path):
     with torch.no_grad():
         siren.weights[-1].zero_()
         siren.biases[-1].copy_(torch.tensor([0.1, -0.05, 0.02]))
-    reg = Registration(siren, g.world_to_normalised("isotropic"), g, {})
+    reg = Registration.of_network(siren, g.world_to_normalised("isotropic"), g)
     p = np.array([[0.0, 0.0, 0.0], [10.0, -5.0, 3.0]])
     shift = np.linalg.inv(g.world_to_normalised("isotropic"))[:3, :3] @ np.array([0.1, -0.05, 0.02])
     np.testing.assert_allclose(reg.transform_points(p), p + shift, atol=1e-5)

@@ -38,7 +38,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, *, threads
     settings = dict(PROFILES[profile])
     with Stopwatch() as sw:
         reg = idir_fast.register(fixed, moving, mask, progress=False, device=device, threads=threads, **settings)
-    used = {k: v for k, v in reg.settings.items() if k != "versions"}
+    used = {k: v for k, v in reg.record.settings_dict().items() if k != "versions"}
     return Registered(reg.transform_points, reg.jacobian_determinant, sw.wall, sw.cpu,
                       {"profile": profile, "requested": settings, "used": used,
                        "mask": "fixed mask (loss sampled inside)", "threads": threads},

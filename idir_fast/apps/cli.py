@@ -207,15 +207,19 @@ def cmd_register(a) -> int:
                    initial_transform=a.initial_transform, **_engine_kwargs(a))
     outputs = reg.save(prefix, field_format=a.format, itk_transform=a.itk_transform, figures=a.figures,
                        write_inverse=a.write_inverse)
-    _summarise(reg, outputs)
+    _summarise(outputs)
     return 0
 
 
-def _summarise(reg, outputs) -> None:
-    s, t, m = reg.settings, reg.timings, reg.metrics
+def _summarise(outputs) -> None:
+    """The run's summary, from the report it wrote (what the files say, metrics of the written det J included)."""
+    import json
+
+    report = json.loads(Path(outputs["report"]).read_text(encoding="utf-8"))
+    s, t, m = report["settings"], report["timings"], report["metrics"]
     print(f"\nregistered in {t['optimise_s']:.1f} s ({t['ms_per_epoch']:.1f} ms/epoch, backend {s['backend']}, "
           f"{s['backward_passes_per_epoch']} backward pass(es)/epoch, device {s['device']})")
-    final = {k: float(v[-1]) for k, v in reg.history.items()}
+    final = report["final_losses"]
     print(f"final: NCC {-final['similarity']:.4f}, regulariser {final['regularization']:.4g}")
     if "tre" in m:
         rows = [[name, f"{m[key]['mean']:.2f}", f"{m[key]['std']:.2f}", f"{m[key]['median']:.2f}",
@@ -271,7 +275,7 @@ def cmd_demo(a) -> int:
                    a.regularizer, device=dev, backend=a.backend, seed=a.seed, progress=not a.no_progress,
                    fixed_landmarks=pair.fixed_landmarks, moving_landmarks=pair.moving_landmarks, **settings)
     outputs = reg.save(str(out / "demo_"), figures=True)
-    _summarise(reg, outputs)
+    _summarise(outputs)
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s; outputs in {out}/")
     return 0
 
@@ -321,7 +325,7 @@ def cmd_dirlab(a) -> int:
         else:
             mask = lung_mask_from_hu(fixed)
         reg = register(fixed, moving, mask, fixed_landmarks=c.fixed_landmarks,
-                       moving_landmarks=c.moving_landmarks, **_engine_kwargs(a))
+                       moving_landmarks=c.moving_landmarks, **_engine_kwargs(a)).evaluate()  # + folding
         if out_dir is not None:
             reg.save(str(out_dir / f"case{c.case}_"), figures=True)
         m = reg.metrics

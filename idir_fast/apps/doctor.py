@@ -268,8 +268,8 @@ def _graph_check(device, regularizer) -> dict:
                     device=str(device)).resolved()
     pair = prepare_pair(p.fixed, p.moving, p.mask, normalisation=s.normalisation, device=s.torch_device)
     trained = optimise([pair], s, sync_debug=True)
-    ok = bool(reg.settings["cuda_graph"]) and trained.loop.graph
-    return {"status": "ok" if ok else "FAIL", "graph": reg.settings["cuda_graph"], "backend": reg.settings["backend"],
+    ok = bool(reg.run["cuda_graph"]) and trained.loop.graph
+    return {"status": "ok" if ok else "FAIL", "graph": reg.run["cuda_graph"], "backend": reg.run["backend"],
             "ms_per_epoch": reg.timings["ms_per_epoch"]}
 
 
@@ -283,7 +283,7 @@ def _fast_vs_eager(device) -> dict:
     fast = register(p.fixed, p.moving, p.mask, loop="fast", **kw)
     diff = float(np.max(np.abs(fast.history["loss"] - eager.history["loss"])
                         / np.maximum(np.abs(eager.history["loss"]), 1e-12)))
-    return {"status": "ok" if diff < 1e-4 else "FAIL", "max_rel_diff": diff, "graph": fast.settings["cuda_graph"]}
+    return {"status": "ok" if diff < 1e-4 else "FAIL", "max_rel_diff": diff, "graph": fast.run["cuda_graph"]}
 
 
 def _cuda_vs_cpu(device, shape, corner: bool = False) -> dict:
@@ -319,7 +319,7 @@ def _demo_tre(device, precision) -> dict:
     reg = register(p.fixed, p.moving, p.mask, fixed_landmarks=p.fixed_landmarks, moving_landmarks=p.moving_landmarks,
                    backend="triton", precision=precision, device=str(device), progress=False)
     return {"tre_before": reg.metrics["tre_initial"]["mean"], "tre_after": reg.metrics["tre"]["mean"],
-            "ms_per_epoch": reg.timings["ms_per_epoch"], "graph": reg.settings["cuda_graph"]}
+            "ms_per_epoch": reg.timings["ms_per_epoch"], "graph": reg.run["cuda_graph"]}
 
 
 def _profiled_step(device, backend, precision) -> dict:

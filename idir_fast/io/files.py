@@ -249,6 +249,22 @@ def write_text(text: str, path: Union[str, os.PathLike]) -> Path:
     return write_bytes(text.encode(), path)
 
 
+def plain(value):
+    """A JSON-friendly copy of a value: mappings (read-only ones too) as dicts, tuples as lists, NumPy values as
+    Python numbers and lists."""
+    from collections.abc import Mapping
+
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()

@@ -1,4 +1,6 @@
-"""The model file ``{prefix}model.pt``: SIREN weights, the network frame, the fixed grid, settings and history.
+"""The model file ``{prefix}model.pt`` — its whole format, here: SIREN weights, the network frames, the grids, the
+affine part, and the run's settings, history, timings and metrics (:func:`model_state` writes it,
+:func:`read_model` reads it back, :func:`siren_from` is the one way a network is rebuilt from it).
 
 Written with ``torch.save`` into memory, then to a temporary file whose length is checked, then renamed; read
 with ``weights_only=True`` (no code runs on load). Every file carries a SHA-256 checksum of its content (the
@@ -16,15 +18,16 @@ import math
 import os
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from ..core.siren import INITS
+from ..core.siren import INITS, Siren
 from ..errors import InputError
-from .files import write_bytes
+from .files import plain, write_bytes
 
 MODEL_FORMAT = "idir_fast-model"
 MODEL_VERSION = 2
@@ -35,19 +38,96 @@ MAX_GRID_VOXELS = 1 << 34
 REQUIRED = ("siren", "parameters", "world_to_normalised", "fixed_geometry")
 
 
+def _network(siren, world_to_normalised) -> dict:
+    return {"siren": siren.config(), "parameters": [p.detach().cpu().clone() for p in siren.parameter_list()],
+            "world_to_normalised": [list(map(float, row)) for row in np.asarray(world_to_normalised)]}
+
+
 def model_state(siren, world_to_normalised, fixed_geometry, settings: dict, history: dict, timings: dict,
-                metrics: dict) -> dict:
-    """The dict stored in a model file."""
-    return {
-        "format": MODEL_FORMAT, "version": MODEL_VERSION,
-        "siren": siren.config(),
-        "parameters": [p.detach().cpu().clone() for p in siren.parameter_list()],
-        "world_to_normalised": [list(map(float, row)) for row in world_to_normalised],
-        "fixed_geometry": fixed_geometry.to_dict(),
-        "settings": json.loads(json.dumps(settings, default=str)),
-        "history": {k: torch.as_tensor(v) for k, v in history.items()},
-        "timings": dict(timings), "metrics": json.loads(json.dumps(metrics, default=str)),
-    }
+                metrics: dict, *, world_affine=None, moving_geometry=None, backward=None) -> dict:
+    """The dict stored in a model file.
+
+    Args:
+        siren, world_to_normalised: the forward network and its frame (4×4).
+        fixed_geometry, moving_geometry: the grids (an :class:`~idir_fast.core.geometry.ImageGeometry`; the moving
+            one may be ``None``).
+        settings, history, timings, metrics: the run's record (JSON-friendly; history as arrays).
+        world_affine: the 4×4 affine part applied after the network (``None``: identity).
+        backward: ``(siren, world_to_normalised)`` of a symmetric registration's backward network, or ``None``.
+    """
+    state = {"format": MODEL_FORMAT, "version": MODEL_VERSION, **_network(siren, world_to_normalised),
+             "fixed_geometry": fixed_geometry.to_dict(),
+             "settings": json.loads(json.dumps(settings, default=str)),
+             "history": {k: torch.tensor(np.array(v)) for k, v in history.items()},
+             "timings": dict(timings), "metrics": json.loads(json.dumps(metrics, default=str)),
+             "world_affine": np.eye(4).tolist() if world_affine is None else np.asarray(world_affine).tolist()}
+    if moving_geometry is not None:
+        state["moving_geometry"] = moving_geometry.to_dict()
+    if backward is not None:
+        state["backward"] = _network(*backward)
+    return state
+
+
+def state_of(reg) -> dict:
+    """The model state of a :class:`~idir_fast.registration.Registration` (its transform and record)."""
+    t, record = reg.transform, reg.record
+    backward = None if t.backward is None else (t.backward.siren, t.backward.world_to_normalised)
+    return model_state(t.forward.siren, t.forward.world_to_normalised, t.fixed_geometry, record.settings_dict(),
+                       {k: np.asarray(v) for k, v in record.history.items()}, plain(record.timings),
+                       plain(record.metrics), world_affine=t.world_affine, moving_geometry=t.moving_geometry,
+                       backward=backward)
+
+
+def write_model(reg, path: Union[str, os.PathLike], run_id: Optional[str] = None) -> Path:
+    """Write a registration's model file alone, atomically, with its checksum and a run id."""
+    import uuid
+
+    return write_model_state(state_of(reg), path, run_id=run_id or uuid.uuid4().hex)
+
+
+@dataclass
+class SavedModel:
+    """A model file's content, checked: networks rebuilt, frames as arrays, grids as geometries."""
+
+    forward: Tuple[object, np.ndarray]
+    fixed_geometry: object
+    world_affine: np.ndarray
+    moving_geometry: Optional[object]
+    backward: Optional[Tuple[object, np.ndarray]]
+    settings: dict
+    history: dict
+    timings: dict
+    metrics: dict
+
+
+def siren_from(config: dict, parameters) -> Siren:
+    """The network a model file describes (configuration + parameter tensors), evaluation only."""
+    siren = Siren(hidden=config["hidden"], omega=config["omega"], init=config["init"], dtype=parameters[0].dtype)
+    with torch.no_grad():
+        for dst, src in zip(siren.parameter_list(), parameters):
+            dst.copy_(src)
+    return siren
+
+
+def read_model(path: Union[str, os.PathLike]) -> SavedModel:
+    """Read and check a model file (:func:`read_model_state`) and rebuild what it holds."""
+    from ..core.geometry import ImageGeometry
+
+    state = read_model_state(path)
+    backward = None
+    if "backward" in state:
+        b = state["backward"]
+        backward = (siren_from(b["siren"], b["parameters"]), np.asarray(b["world_to_normalised"], dtype=np.float64))
+    affine = state.get("world_affine")
+    return SavedModel(
+        forward=(siren_from(state["siren"], state["parameters"]),
+                 np.asarray(state["world_to_normalised"], dtype=np.float64)),
+        fixed_geometry=ImageGeometry.from_dict(state["fixed_geometry"]),
+        world_affine=np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64),
+        moving_geometry=ImageGeometry.from_dict(state["moving_geometry"]) if "moving_geometry" in state else None,
+        backward=backward, settings=state.get("settings", {}),
+        history={k: v.numpy() for k, v in state.get("history", {}).items()},
+        timings=state.get("timings", {}), metrics=state.get("metrics", {}))
 
 
 # ------------------------------------------------------------------------------------------------ checksum

@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import SimpleITK as sitk
 
 from ..errors import OutputError
-from .files import (commit_file, fsync_folder, json_bytes, output_error, output_names, pause_for_tests,
+from .files import (commit_file, plain, fsync_folder, json_bytes, output_error, output_names, pause_for_tests,
                     remove_dead_temporaries, temporary_path, write_bytes_to)
 from .images import image_run_id, run_id_metadata, write_image_to
 
@@ -223,6 +223,115 @@ class OutputSet:
                           f"write and that do not carry an idir_fast run id: {', '.join(unknown)} (listed in the "
                           "report under 'stale_files_kept')", StaleOutputWarning, stacklevel=3)
         return out
+
+
+def output_memory(reg, itk_transform: bool = False, write_inverse: bool = False) -> dict:
+    """Estimated peak memory of writing ``reg``'s outputs (:func:`idir_fast.memory.output_bytes`)."""
+    import numpy as np
+
+    from .. import memory
+    from ..core.geometry import ImageGeometry
+
+    moving = reg.moving_geometry or (ImageGeometry.from_sitk(reg.moving) if isinstance(reg.moving, sitk.Image)
+                                     else None)
+    return memory.output_bytes(int(np.prod(reg.fixed_geometry.size)),
+                               None if moving is None else int(np.prod(moving.size)), reg.siren.hidden,
+                               next(reg.siren.parameters()).element_size(), reg.device,
+                               itk_transform=itk_transform, inverse=write_inverse or reg.backward is not None)
+
+
+def write_outputs(reg, prefix: Union[str, os.PathLike], *, field_format: str = ".nii.gz", write_warped: bool = True,
+                  write_jacobian: bool = True, itk_transform: bool = False, figures: bool = False,
+                  write_inverse: bool = False, report_extra: Optional[dict] = None) -> Dict[str, Path]:
+    """Write a registration's outputs with ANTs-style names, as one consistent set (:class:`OutputSet`).
+
+    Writes ``{prefix}0Warp{ext}`` (the whole map fixed → moving as one displacement field, affine part
+    included), ``{prefix}Warped{ext}`` (when the moving image is known), ``{prefix}JacDet{ext}``,
+    ``{prefix}model.pt`` and ``{prefix}report.json``; with an affine stage or a starting transform also
+    ``{prefix}Affine.mat`` (that linear part alone, an ITK transform file); with ``itk_transform``
+    ``{prefix}Transform.h5`` (the ITK composite: affine ∘ displacement field of the network); with
+    ``write_inverse`` (always in symmetric mode) ``{prefix}0InverseWarp{ext}`` on the moving grid; in symmetric
+    mode ``{prefix}Consistency{ext}`` (the cycle error, mm); with ``figures`` the PNG figures of
+    :mod:`idir_fast.io.figures`. A prefix ending in a separator, or naming an existing folder, writes inside
+    that folder (``out/0Warp.nii.gz``).
+
+    Every file is written under a temporary name and checked first; only when all are complete are they
+    renamed into place, the report last (the module docstring). The report's metrics are ``reg``'s plus what
+    the files add (:meth:`~idir_fast.registration.Registration.evaluate`: folding and SDlogJ of the det J map
+    written, the inverse consistency with the inverse field); ``reg`` itself is not changed. A failure to write
+    raises :class:`~idir_fast.errors.OutputError` and leaves the previous outputs as they were.
+
+    Args:
+        field_format: one of :data:`idir_fast.io.files.IMAGE_FORMATS`.
+        report_extra: more top-level entries for the report (e.g. the cohort's settings hash).
+
+    Returns:
+        output kind → path.
+    """
+    from .. import memory
+    from ..errors import InputError
+    from ..threads import thread_scope
+    from .files import IMAGE_FORMATS, check_writable_prefix
+
+    if field_format not in IMAGE_FORMATS:
+        raise InputError(f"'field_format' must be one of {IMAGE_FORMATS}, got {field_format!r}")
+    prefix = check_writable_prefix(prefix, "prefix")  # "out/" or an existing folder writes out/0Warp.nii.gz, …
+    symmetric = reg.backward is not None
+    memory.check_outputs(output_memory(reg, itk_transform, write_inverse), reg.device,
+                         enabled=reg.settings.memory_check)
+    with thread_scope(output_threads(reg)):
+        return _write(reg, prefix, symmetric, field_format, write_warped, write_jacobian, itk_transform, figures,
+                      write_inverse, report_extra)
+
+
+def output_threads(reg) -> int:
+    """The threads writing a run's outputs uses: the count its optimisation ended with (the run's policy at the
+    load it last saw), else what its ``threads`` setting allows now."""
+    from ..threads import max_threads
+
+    used = reg.run.get("threads_used") or {}
+    changes = used.get("changes") or ()
+    return int(changes[-1][1]) if changes else max_threads(reg.settings.threads)
+
+
+def _write(reg, prefix, symmetric, field_format, write_warped, write_jacobian, itk_transform, figures, write_inverse,
+           report_extra) -> Dict[str, Path]:
+    import numpy as np
+
+    from .figures import run_figures
+    from .model_file import model_bytes, state_of
+    from .transforms import matrix_to_transform, write_itk_transform_to
+
+    evaluated = reg.evaluate(jacobian=write_jacobian, inverse=write_inverse or symmetric)
+    with OutputSet(prefix) as outs:
+        outs.image("field", "0Warp" + field_format, reg.displacement_field())
+        if not np.allclose(reg.world_affine, np.eye(4)):
+            affine = matrix_to_transform(reg.world_affine)
+            outs.written("affine", "Affine.mat",
+                         lambda tmp: write_itk_transform_to(tmp, affine, outs.final("Affine.mat")))
+        if itk_transform:
+            composite = reg.itk_transform()
+            outs.written("transform", "Transform.h5",
+                         lambda tmp: write_itk_transform_to(tmp, composite, outs.final("Transform.h5")))
+            del composite
+        if write_inverse or symmetric:
+            outs.image("inverse_field", "0InverseWarp" + field_format, reg.inverse_displacement_field())
+        if symmetric:
+            outs.image("consistency", "Consistency" + field_format, reg.consistency_image())
+        if write_warped and reg.moving is not None:
+            outs.image("warped", "Warped" + field_format, reg.warped())
+        jac = None
+        if write_jacobian:
+            jac = evaluated.jacobian_determinant()
+            outs.image("jacobian", "JacDet" + field_format, jac)
+        outs.data("model", "model.pt", model_bytes(state_of(evaluated), outs.run_id))
+        if figures:
+            for kind, (name, data) in run_figures(plain(evaluated.metrics), jac, reg.mask, evaluated.history,
+                                                  outs.run_id).items():
+                outs.data(f"figure_{kind}", name, data)
+        report = evaluated.report()
+        report.update(report_extra or {})
+        return outs.commit(report)
 
 
 def verify_output_set(prefix: Union[str, os.PathLike], checksums: bool = True) -> List[str]:
