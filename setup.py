@@ -105,13 +105,15 @@ def _setup(ext_modules, cmdclass):
             "SimpleITK>=2.2",
             "tqdm>=4.60",
             "matplotlib>=3.5",
-            "triton>=3.0; platform_system == 'Linux'",
         ],
         extras_require={
             "test": ["pytest>=7", "pytest-benchmark>=4"],
             "ray": ["ray>=2.9"],
-            # the peers benchmark (benchmarks/peers.py): ANTs SyN and elastix on the same pairs
-            "peers": ["antspyx>=0.4", "itk-elastix>=0.20"],
+            # the Triton kernels (GPU; their interpreter tests run on a CPU). CUDA builds of torch bring triton.
+            "gpu": ["triton>=3.0; platform_system == 'Linux'"],
+            # the peers benchmark (python -m benchmarks.peers): ANTs SyN and elastix on the same pairs; nilearn
+            # for the ICBM152 template of the brain cases (FireANTs: pip install --no-deps fireants)
+            "peers": ["antspyx>=0.4", "itk-elastix>=0.20", "nilearn>=0.10"],
         },
         entry_points={"console_scripts": ["idir-fast=idir_fast.apps.cli:main"]},
         zip_safe=False,

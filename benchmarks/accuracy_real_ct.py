@@ -1,6 +1,6 @@
 """Accuracy bar on real anatomy: the shared chest CT deformed by a known breathing motion.
 
-    python benchmarks/accuracy_real_ct.py [--ct PATH] [--epochs N] [--skip-paper] [--skip-default]
+    python -m benchmarks.accuracy_real_ct [--data DIR] [--epochs N] [--skip-paper] [--skip-default]
                                           [--skip-normalisation]
 
 1. ``register()`` with ``schedule="paper"`` (bending, 3×256, 10,000 points × 2500 epochs, lr 1e-4) and with the
@@ -12,10 +12,7 @@
 Results are printed and written to ``benchmarks/results/accuracy_<timestamp>.json``.
 """
 import argparse
-import datetime as dt
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,8 +22,8 @@ from idir_fast.environment import machine_info
 from idir_fast.data import deformed_pair
 from idir_fast.core.metrics import folding, sdlogj
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_CT = HERE.parent.parent / "shared" / "data" / "ct" / "chest_ct_1p5mm.nii.gz"
+from .cases import CT_FILE
+from .common import data_file, write_record
 
 
 def run_pair(pair, label, **kw):
@@ -35,7 +32,7 @@ def run_pair(pair, label, **kw):
                              moving_landmarks=pair.moving_landmarks, progress=False, **kw)
     seconds = time.perf_counter() - t
     jac = reg.jacobian_determinant()
-    row = {"label": label, "settings": {k: v for k, v in reg.settings.items() if k != "versions"},
+    row = {"label": label, "settings": {k: v for k, v in reg.record.settings_dict().items() if k != "versions"},
            "tre_initial": reg.metrics["tre_initial"], "tre": reg.metrics["tre"],
            "folding_in_mask": folding(jac, pair.mask), "sdlogj_in_mask": sdlogj(jac, pair.mask),
            "seconds": seconds, "ms_per_epoch": reg.timings["ms_per_epoch"]}
@@ -47,15 +44,16 @@ def run_pair(pair, label, **kw):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    ap.add_argument("--ct", default=str(DEFAULT_CT))
+    ap.add_argument("--data", default=None, help="the shared data folder (default: ../shared/data)")
     ap.add_argument("--epochs", type=int, default=None, help="override the default 2500 (then it is not the "
                                                              "default-settings figure)")
     ap.add_argument("--skip-paper", action="store_true")
     ap.add_argument("--skip-default", action="store_true")
     ap.add_argument("--skip-normalisation", action="store_true")
     a = ap.parse_args()
-    ct = sitk.ReadImage(a.ct)
-    out = {"machine": machine_info("cpu"), "ct": Path(a.ct).name, "runs": []}
+    ct_path = data_file(a.data, *CT_FILE)
+    ct = sitk.ReadImage(str(ct_path))
+    out = {"machine": machine_info("cpu"), "ct": ct_path.name, "runs": []}
     pair = deformed_pair(ct, amplitude_mm=18.0, num_landmarks=100, seed=0)
     if not a.skip_paper:
         kw = {"epochs": a.epochs} if a.epochs else {}
@@ -76,11 +74,7 @@ def main():
         for norm in ("isotropic", "per-axis"):
             out["runs"].append(run_pair(aniso, f"anisotropic 1.5×1.5×3 mm, {norm}, 3×128 / 4000 pts / 500 ep",
                                         normalisation=norm, **reduced))
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = HERE / "results" / f"accuracy_{stamp}.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=float) + "\n")
-    print(f"written {path}")
+    print(f"written {write_record('accuracy', out)}")
 
 
 if __name__ == "__main__":

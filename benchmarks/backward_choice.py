@@ -2,8 +2,7 @@
 
 ``python benchmarks/backward_choice.py [--sizes 1500:48x48x48,…]`` — the measurement behind the torch backend's
 choices: autograd over the PyTorch stream forward, this hand-written adjoint in PyTorch, and the compiled CPU
-kernels (``siren_streams_fused``, whose crossover ``FUSED_MAX_ELEMENTS`` comes from this table). Writes
-``results/backward_choice_<timestamp>.json``.
+kernels (``siren_streams_fused``, the CPU default). Writes ``results/backward_choice_<timestamp>.json``.
 The hand-written backward lives here, not in the package: it lost the measurement, and it is the PyTorch
 blueprint of the Triton adjoint kernel (``idir_fast/kernels/siren_streams.py``), tested equal to autograd in
 ``tests/test_torch_streams.py``.

@@ -5,7 +5,14 @@
   of amplitude A; 100 landmarks in the lungs; ``seed`` varies the motion);
 * ``phantom`` — :func:`idir_fast.data.phantom_pair` (the demo phantom);
 * ``blobs`` — a smooth non-lung texture (Gaussian blobs in an ellipsoidal body, 36×44×40 voxels of 2 mm) deformed
-  by a known sine displacement of 3 mm amplitude.
+  by a known sine displacement of 3 mm amplitude;
+* ``brain-<A>mm`` — the shared real T1 brain MRI deformed by a known smooth (sine) displacement of amplitude A:
+  landmarks at high gradient in the brain, and its label map carried along, so the label Dice of a result is
+  against the exact answer;
+* ``brain-icbm`` — a real inter-subject pair: the shared T1 (fixed, brain mask from its labels) and the ICBM152
+  2009a template (moving; from the installed ``nilearn`` package, no download), affine + deformable; Dice of the
+  subject's cortex and white matter against the template's grey/white-matter maps thresholded at 0.5, carried
+  onto the subject. No landmarks.
 """
 from __future__ import annotations
 
@@ -15,13 +22,21 @@ from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
+from idir_fast.core.geometry import ImageGeometry, apply_affine
 from idir_fast.data import deformed_pair, phantom_pair, warp_image
 
 from .common import data_file
 
-ALL_CASES = ("ct-10mm", "ct-18mm", "ct-30mm", "phantom", "blobs")
+ALL_CASES = ("ct-10mm", "ct-18mm", "ct-30mm", "phantom", "blobs", "brain-4mm", "brain-icbm")
 CT_FILE = ("ct", "chest_ct_1p5mm.nii.gz")
+BRAIN_FILES = (("brain", "brain_t1_1mm.nii.gz"), ("brain", "brain_t1_1mm_aseg.nii.gz"))
+BRAIN_STRUCTURES = {"cortex": (3, 42), "white matter": (2, 41), "hippocampus": (17, 53), "thalamus": (10, 49),
+                    "caudate": (11, 50), "putamen": (12, 51), "lateral ventricles": (4, 43)}
+"""FreeSurfer aseg labels (left, right) of the structures whose Dice the brain cases report."""
+TISSUES = {"cortex": (1,), "white matter": (2,)}
+"""The inter-subject case's two tissue labels (subject aseg → 1 cortex, 2 white matter; template GM/WM > 0.5)."""
 
 
 @dataclass
@@ -40,16 +55,20 @@ class Case:
     fixed: sitk.Image
     moving: sitk.Image
     mask: sitk.Image
-    fixed_landmarks: np.ndarray
-    moving_landmarks: np.ndarray
+    fixed_landmarks: Optional[np.ndarray]
+    moving_landmarks: Optional[np.ndarray]
     description: str = ""
     extra: dict = field(default_factory=dict)
+    moving_labels: Optional[sitk.Image] = None
+    fixed_labels: Optional[sitk.Image] = None
+    structures: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """Geometry and landmark count, for the results file."""
         return {"name": self.name, "description": self.description, "size": list(self.fixed.GetSize()),
                 "spacing": list(self.fixed.GetSpacing()), "origin": list(self.fixed.GetOrigin()),
-                "direction": list(self.fixed.GetDirection()), "landmarks": int(len(self.fixed_landmarks)),
+                "direction": list(self.fixed.GetDirection()), "landmarks": 0 if self.fixed_landmarks is None else int(len(self.fixed_landmarks)),
+                "structures": {k: list(v) for k, v in self.structures.items()},
                 "mask_voxels": int(np.count_nonzero(sitk.GetArrayViewFromImage(self.mask))), **self.extra}
 
 
@@ -194,11 +213,98 @@ def phantom_case() -> Case:
                 "idir_fast.data.phantom_pair() (procedural lung phantom, 15 mm breathing motion); lung mask")
 
 
+def warp_labels(labels: sitk.Image, mapping_inverse) -> sitk.Image:
+    """``L(Φ⁻¹(y))`` on the grid of ``labels``, nearest neighbour (0 outside): a label map carried by a known map."""
+    g = ImageGeometry.from_sitk(labels)
+    src = apply_affine(g.world_to_index(), mapping_inverse(apply_affine(g.index_to_world(),
+                                                                        g.voxel_grid_index(dtype=torch.float64).numpy())))
+    idx = np.rint(src).astype(np.int64)
+    size = np.asarray(g.size)
+    inside = np.all((idx >= 0) & (idx < size), axis=1)
+    arr = sitk.GetArrayViewFromImage(labels)
+    out = np.zeros(len(idx), dtype=arr.dtype)
+    out[inside] = arr[idx[inside, 2], idx[inside, 1], idx[inside, 0]]
+    img = sitk.GetImageFromArray(out.reshape(g.shape_zyx))
+    img.CopyInformation(labels)
+    return img
+
+
+def _brain(data: Optional[str]):
+    t1 = sitk.Cast(sitk.ReadImage(str(data_file(data, *BRAIN_FILES[0]))), sitk.sitkFloat32)
+    labels = sitk.ReadImage(str(data_file(data, *BRAIN_FILES[1])))
+    return t1, labels, sitk.Cast(labels > 0, sitk.sitkUInt8)
+
+
+def brain_case(amplitude_mm: float = 4.0, data: Optional[str] = None, seed: int = 0, wavelength_mm: float = 60.0,
+               num_landmarks: int = 100, noise: float = 0.01) -> Case:
+    """The shared T1 deformed by a known :class:`SineDeformation` (amplitude × 2π/wavelength < 0.9: invertible),
+    its labels carried by the same map; noise σ = ``noise`` (intensities in [0, 1]) on the moving image."""
+    fixed, labels, mask = _brain(data)
+    rng = np.random.default_rng(seed)
+    centre = world_points(fixed, ((np.asarray(fixed.GetSize()) - 1) / 2.0)[None])[0]
+    phi = SineDeformation(centre, amplitude_mm=amplitude_mm, wavelength_mm=wavelength_mm,
+                          phases=tuple(rng.uniform(0, 2 * np.pi, 3)))
+    moving = warp_image(fixed, phi.inverse, background=0.0)
+    if noise > 0:
+        arr = sitk.GetArrayFromImage(moving) + rng.normal(scale=noise, size=moving.GetSize()[::-1])
+        noisy = sitk.GetImageFromArray(arr.astype(np.float32))
+        noisy.CopyInformation(moving)
+        moving = noisy
+    fixed_lm = pick_landmarks(fixed, mask, num_landmarks, rng, margin_mm=4.0)
+    return Case(f"brain-{amplitude_mm:g}mm", fixed, moving, mask, fixed_lm, phi(fixed_lm),
+                f"brain T1 {fixed.GetSize()} at 1 mm deformed by a sine displacement of {amplitude_mm:g} mm "
+                f"amplitude, {wavelength_mm:g} mm wavelength (seed {seed}); labels carried by the same map",
+                moving_labels=warp_labels(labels, phi.inverse), fixed_labels=labels, structures=BRAIN_STRUCTURES)
+
+
+def icbm_template():
+    """The ICBM152 2009a template of the installed ``nilearn`` (T1, grey- and white-matter probability maps) as
+    SimpleITK images (LPS), read from the package's own files."""
+    import tempfile
+
+    try:
+        from nilearn import datasets
+    except ImportError:
+        raise FileNotFoundError("the brain-icbm case needs nilearn (pip install nilearn): its wheel holds the "
+                                "ICBM152 2009a template") from None
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, loader in (("t1", datasets.load_mni152_template), ("gm", datasets.load_mni152_gm_template),
+                             ("wm", datasets.load_mni152_wm_template)):
+            path = f"{tmp}/{name}.nii.gz"
+            loader(resolution=1).to_filename(path)
+            out.append(sitk.Cast(sitk.ReadImage(path), sitk.sitkFloat32))
+    return tuple(out)
+
+
+def icbm_case(data: Optional[str] = None) -> Case:
+    """Subject (fixed) ↔ ICBM152 2009a template (moving): cortex/white matter Dice, no landmarks."""
+    fixed, labels, mask = _brain(data)
+    t1, gm, wm = icbm_template()
+    tissue = sitk.Cast(gm > 0.5, sitk.sitkUInt8) + 2 * sitk.Cast(wm > 0.5, sitk.sitkUInt8)
+    tissue = sitk.Cast(sitk.Clamp(tissue, sitk.sitkUInt8, 0, 2), sitk.sitkUInt8)  # GM and WM > 0.5 cannot overlap
+    arr = sitk.GetArrayViewFromImage(labels)
+    subject = np.zeros(arr.shape, np.uint8)
+    subject[np.isin(arr, BRAIN_STRUCTURES["cortex"])] = 1
+    subject[np.isin(arr, BRAIN_STRUCTURES["white matter"])] = 2
+    fixed_tissue = sitk.GetImageFromArray(subject)
+    fixed_tissue.CopyInformation(labels)
+    return Case("brain-icbm", fixed, t1, mask, None, None,
+                f"brain T1 {fixed.GetSize()} (fixed) and the ICBM152 2009a template {t1.GetSize()} of nilearn "
+                "(moving), inter-subject; tissue Dice against the template's GM/WM maps > 0.5",
+                moving_labels=tissue, fixed_labels=fixed_tissue, structures=TISSUES)
+
+
 def build_case(name: str, data: Optional[str] = None) -> Case:
-    """The case called ``name`` (:data:`ALL_CASES`; ``ct-<amplitude>mm`` for any amplitude)."""
+    """The case called ``name`` (:data:`ALL_CASES`; ``ct-<A>mm`` and ``brain-<A>mm`` for any amplitude)."""
     m = re.fullmatch(r"ct-(\d+(?:\.\d+)?)mm", name)
     if m:
         return ct_case(float(m.group(1)), data)
+    m = re.fullmatch(r"brain-(\d+(?:\.\d+)?)mm", name)
+    if m:
+        return brain_case(float(m.group(1)), data)
+    if name == "brain-icbm":
+        return icbm_case(data)
     if name == "phantom":
         return phantom_case()
     if name == "blobs":

@@ -15,11 +15,12 @@ it): ``core`` (maths) → ``ops``/``kernels`` (fast paths) → ``backends`` → 
 from .version import __version__  # noqa: E402
 
 from .api import register, register_many  # noqa: E402
+from .apply import apply  # noqa: E402
 from .apps.cohort import register_cohort  # noqa: E402
 from .environment import keep_freed_memory  # noqa: E402
 from .errors import BackendError, DivergenceError, InputError  # noqa: E402
 from .registration import Registration, load  # noqa: E402
 from .settings import RunSettings  # noqa: E402
 
-__all__ = ["register", "register_many", "register_cohort", "load", "Registration", "RunSettings", "InputError",
+__all__ = ["register", "register_many", "register_cohort", "load", "apply", "Registration", "RunSettings", "InputError",
            "DivergenceError", "BackendError", "keep_freed_memory", "__version__"]

@@ -89,13 +89,17 @@ class Registration:
     def warped(self, moving=None, default_value: float = 0.0) -> sitk.Image:
         """The moving image resampled into the fixed grid, ``M(Φ(x))``, trilinear (``sitk.Resample``'s
         convention outside the image)."""
+        return self.transform.warped(self.warped_input(moving), default_value)
+
+    def warped_input(self, moving=None) -> sitk.Image:
+        """The image :meth:`warped` resamples: ``moving`` or the run's moving image, checked."""
         from .io.images import as_image
 
         moving = self.moving if moving is None else moving
         if moving is None:
             raise InputError("warped(): 'moving' is required (this Registration was loaded without its moving "
                              "image)")
-        return self.transform.warped(as_image(moving, "moving", check_values=False), default_value)
+        return as_image(moving, "moving", check_values=False)
 
     def itk_transform(self) -> sitk.Transform:
         """Φ as an ITK (composite) transform."""
@@ -119,9 +123,12 @@ class Registration:
         return consistency.consistency_summary(self.transform, self.mask, flag_mm)
 
     # ------------------------------------------------------------------------------------------ more metrics
-    def evaluate(self, jacobian: bool = True, inverse: bool = False) -> "Registration":
-        """A new result whose metrics add ``folding`` and ``sdlogj`` of det J inside the mask (``jacobian``) and
-        the ``inverse_consistency`` (``inverse``); this one is left as it is."""
+    def evaluate(self, jacobian: bool = True, inverse: bool = False, det: Optional[sitk.Image] = None) -> "Registration":
+        """A new result whose metrics add ``folding`` and ``sdlogj`` of det J inside the mask (``jacobian``; ``det``:
+        the det J map when already computed) and the ``inverse_consistency`` (``inverse``); this one is left as it
+        is."""
+        if det is not None and self._jacobian is None:
+            self._jacobian = det
         metrics = dict(self.metrics)
         if jacobian and "folding" not in metrics:
             jac = self.jacobian_determinant()

@@ -29,12 +29,12 @@ LOOPS = ("fast", "eager")
 
 
 def _setting(default, help: str, *, check: Optional[Callable[[Any], Any]] = None, parse=None, choices=None,
-             metavar: Optional[str] = None, cli: bool = True, shown: Optional[str] = None):
+             metavar: Optional[str] = None, cli: bool = True, shown: Optional[str] = None, aliases=()):
     """A field of :class:`RunSettings`. ``check`` validates and normalises a value (raising
     :class:`InputError`); without one, ``choices`` are the allowed values; ``parse`` turns command-line text into
     a value; ``shown`` is the default as ``--help`` states it."""
     return field(default=default, metadata={"help": help, "check": check, "parse": parse, "choices": choices,
-                                            "metavar": metavar, "cli": cli, "shown": shown})
+                                            "metavar": metavar, "cli": cli, "shown": shown, "aliases": aliases})
 
 
 def parse_hidden(text: str) -> Tuple[int, ...]:
@@ -65,8 +65,9 @@ class RunSettings:
     schedule: str = _setting(
         "auto", "auto: coarse-to-fine stages and a network sized for the device (README, 'Time to accuracy'); "
         "paper: the paper's single stage (3×256, 10,000 points × 2500 steps, lr 1e-4)", choices=["auto", "paper"])
-    epochs: Optional[int] = _setting(None, "optimisation steps in all (default: from the schedule)", parse=int,
-                                     check=lambda v: _positive_int(v, "epochs"))
+    epochs: Optional[int] = _setting(None, "optimisation steps in all, over every stage (default: from the "
+                                           "schedule)", parse=int, check=lambda v: _positive_int(v, "epochs"),
+                                     aliases=("--steps",))
     batch_size: Optional[int] = _setting(
         None, "points drawn from the fixed mask per step, in the last stage (default: from the schedule)", parse=int,
         check=lambda v: _positive_int(v, "batch_size"))
@@ -390,7 +391,7 @@ def add_cli_options(parser, *, only=None, group_titles=("optimisation", "compute
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
         group = groups[group_titles[1] if f.name in compute else group_titles[0]]
-        group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        group.add_argument(*meta.get("aliases", ()), "--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
 
 
 def _argparse_type(parse, name):

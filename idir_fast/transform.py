@@ -156,6 +156,51 @@ class Transform:
 
         return self.grid_image(values())
 
+    def output_images(self, moving: Optional[sitk.Image] = None, jacobian: bool = True,
+                      default_value: float = 0.0) -> dict:
+        """What a run writes, from one pass over the fixed grid (the network evaluated once per chunk): ``field``
+        (:meth:`displacement_field`), ``warped`` (:meth:`warped` of ``moving``, when given) and ``jacobian``
+        (:meth:`jacobian_determinant`, with ``jacobian``) — the same values those methods give (the value stream
+        of a pass with derivatives is the value of a pass without)."""
+        g = self.fixed_geometry
+        n = int(np.prod(g.size))
+        n2w = np.linalg.inv(self.forward.world_to_normalised)
+        total = torch.as_tensor(self.world_affine @ n2w, device=self.device)
+        n2w_t = torch.as_tensor(n2w, device=self.device)
+        out = {"field": np.empty((n, 3), np.float32)}
+        if moving is not None:
+            mg = ImageGeometry.from_sitk(moving)
+            vol = torch.from_numpy(sitk.GetArrayFromImage(moving).astype(np.float64)).to(self.device)
+            n2mi = torch.as_tensor(mg.world_to_index() @ self.world_affine @ n2w, device=self.device)
+            hi = [s - 0.5 for s in mg.size]
+            out["warped"] = np.empty(n, np.float32)
+        if jacobian:
+            eye = torch.eye(3, dtype=torch.float64, device=self.device)
+            det_affine = float(np.linalg.det(self.world_affine[:3, :3]))
+            out["jacobian"] = np.empty(n, np.float32)
+        for start, x, u in self.grid_chunks(1 if jacobian else 0):
+            end = start + x.shape[0]
+            phi = x + u[0]
+            moved = phi @ total[:3, :3].T + total[:3, 3]
+            out["field"][start:end] = (moved - (x @ n2w_t[:3, :3].T + n2w_t[:3, 3])).cpu().numpy()
+            if moving is not None:
+                idx = phi @ n2mi[:3, :3].T + n2mi[:3, 3]
+                val = trilinear(vol, idx)
+                outside = torch.zeros_like(val, dtype=torch.bool)
+                for a in range(3):
+                    outside |= (idx[:, a] < -0.5) | (idx[:, a] > hi[a])
+                out["warped"][start:end] = torch.where(outside, torch.full_like(val, default_value),
+                                                       val).cpu().numpy()
+            if jacobian:
+                out["jacobian"][start:end] = (det_affine * determinant(u[1:4].permute(1, 2, 0) + eye)).cpu().numpy()
+        images = {}
+        for name, arr in out.items():
+            vector = arr.ndim == 2
+            img = sitk.GetImageFromArray(arr.reshape(g.shape_zyx + ((3,) if vector else ())), isVector=vector)
+            g.apply_to(img)
+            images[name] = img
+        return images
+
     def itk_transform(self) -> sitk.Transform:
         """Φ as an ITK transform: the composite ``A ∘ (x + u(x))`` (the affine part exact, the network's own
         displacement as a field on the fixed grid), or that field alone without an affine part."""

@@ -62,6 +62,15 @@ def shared_data():
     return SHARED_DATA
 
 
+# ------------------------------------------------------------------------------------------------ order
+FIRST = ("test_units.py",)
+"""Fast unit tests of what a refactor breaks quietly: they run first, so a planted bug fails within seconds."""
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: 0 if item.fspath.basename in FIRST else 1)  # stable: the rest keep their order
+
+
 # ------------------------------------------------------------------------------------------------ skip budget
 # With IDIR_FAST_STRICT_SKIPS=1 (set by .ci/run) a skip is a failure unless its reason starts with "[device]":
 # tests that only mean something on another kind of device (GPU-only checks on a CPU, interpreter checks on a GPU).

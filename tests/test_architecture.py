@@ -33,8 +33,11 @@ ALLOWED = {
     "api": {"core", "ops", "kernels", "backends", "settings", "optim", "io", "registration", "environment",
             "schedule", "memory", "transform", "consistency", "record"},
     "apps": {"core", "ops", "kernels", "backends", "settings", "optim", "io", "registration", "environment", "api",
-             "data", "apps", "schedule", "memory", "transform", "consistency", "record"},
-    "__init__": {"api", "apps", "registration", "settings", "environment"},
+             "data", "apps", "schedule", "memory", "transform", "consistency", "record", "apply"},
+    "apply": {"core", "io", "registration", "transform", "consistency", "record", "settings", "memory", "ops",
+              "backends", "kernels", "schedule"},
+    "compat": {"core", "io", "api", "data", "errors", "registration", "settings"},
+    "__init__": {"api", "apps", "registration", "settings", "environment", "apply", "compat"},
     "__main__": {"apps"},
 }
 

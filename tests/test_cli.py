@@ -1,6 +1,7 @@
 """The idir-fast command end to end on a tiny pair."""
 import json
 import subprocess
+import time
 import sys
 
 import numpy as np
@@ -41,8 +42,23 @@ def test_register_reports_bad_input_and_writes_nothing(tiny_pair, tmp_path, caps
     assert rc == 2
     assert "'moving': file not found" in capsys.readouterr().err
     assert not list(tmp_path.glob("x_*"))
-    rc = main(["register", p["fixed"], p["moving"], "--out", str(tmp_path / "nofolder" / "x_")])
-    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    rc = main(["register", p["fixed"], p["moving"], "--out", "/proc/idir_fast_x/x_", "--no-progress"])
+    assert rc == 2 and "system folder" in capsys.readouterr().err  # missing folders are created, never these
+
+
+def test_register_creates_missing_output_folders_and_reports_the_wall_time(tiny_pair, tmp_path, capsys):
+    p = write_pair_files(tiny_pair, tmp_path)
+    t0 = time.perf_counter()
+    rc = main(["register", p["fixed"], p["moving"], "--mask", p["mask"], "--out", str(tmp_path / "new" / "folder" /
+               "case_"), "--steps", "30", "--no-progress"])
+    waited = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert rc == 0 and (tmp_path / "new" / "folder" / "case_0Warp.nii.gz").is_file()
+    for line in ("reading and checking the inputs", "preparing:", "writing the outputs", "total ", "prepare ",
+                 "optimise ", "write ", "NCC", "normalised cross-correlation", "regulariser"):
+        assert line in out, line
+    total = float(out.split("total ")[1].split(" s")[0])
+    assert total >= waited * 0.9  # the total counts from the process start, which is earlier than this call
 
 
 def test_help_explains_every_option():

@@ -27,8 +27,8 @@ def test_gpu_acceptance_on_a_cpu_runs_what_it_can_and_writes_the_report(tmp_path
 def test_doctor_fails_when_a_fast_path_is_wrong(monkeypatch, capsys):
     good = backends.BACKENDS["torch"]
 
-    def wrong(params, omega, x, order, precision=None):
-        d = good.derivatives(params, omega, x, order, precision)
+    def wrong(params, omega, x, order, precision=None, workspace=None):
+        d = good.derivatives(params, omega, x, order, precision, workspace=workspace)
         return d._replace(phi=d.phi * 1.001)
 
     monkeypatch.setitem(backends.BACKENDS, "torch", backends.Backend(
@@ -36,3 +36,18 @@ def test_doctor_fails_when_a_fast_path_is_wrong(monkeypatch, capsys):
     monkeypatch.setenv("IDIR_FAST_SELF_CHECK", "0")  # the doctor must find it even without the run-time guard
     assert main(["doctor", "--quick"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_the_default_is_the_quick_doctor_and_an_installed_package_runs_without_a_checkout(tmp_path, monkeypatch):
+    """No source checkout (as an installed package): the GPU acceptance skips the test suite and says why, and
+    its report goes where ``--out`` says (``--quick`` is the default and still accepted)."""
+    from idir_fast.apps import doctor as doctor_module
+
+    monkeypatch.setattr(doctor_module, "checkout_tests", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    assert main(["doctor", "--gpu-acceptance"]) == 0
+    report = json.loads(next(tmp_path.glob("gpu_acceptance_*.json")).read_text())
+    rows = report["sections"]["test suite"]
+    assert rows[0]["status"] == "skipped" and "--tests" in rows[0]["why"]
+    step_rows = [r for r in report["sections"][next(k for k in report["sections"] if k.startswith("step time"))]]
+    assert all(" 64 pts " in r["check"] for r in step_rows)  # the quick sizes

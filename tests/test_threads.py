@@ -104,40 +104,45 @@ def test_workers_must_be_a_positive_integer():
 
 
 # ------------------------------------------------------------------------------------------------ the pool
-def _busy_threads(run) -> int:
-    """OS threads of this process that ran for more than 2 ms while ``run()`` ran (the kernel's per-thread CPU
-    time, ``/proc/self/task/*/schedstat``)."""
-    def times():
-        out = {}
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{tid}/schedstat") as fh:
-                    out[tid] = int(fh.read().split()[0])
-            except OSError:
-                pass
-        return out
+STEP_THREADS = r"""
+import json, os, sys, torch
+from idir_fast import threads
+from idir_fast.apps.bench import make_step
 
+def times():
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as fh:
+                out[tid] = int(fh.read().split()[0])
+        except OSError:
+            pass
+    return out
+
+n = int(sys.argv[1])
+step, pair = make_step("torch", "bending", 6000, (64, 64, 64), "cpu")
+x, f = pair.points[None], pair.fixed_values[None]
+torch.set_num_threads(2)
+step(x, f)  # the pool has two threads from here on
+with threads.thread_scope(n):
+    step(x, f)  # warm-up at this count: the pool's other threads go idle
     before = times()
-    run()
+    for _ in range(6):
+        step(x, f)
     after = times()
-    return sum(1 for tid, t in after.items() if t - before.get(tid, 0) > 2_000_000)
+print(json.dumps(sum(1 for tid, t in after.items() if t - before.get(tid, 0) > 2_000_000)))
+"""
 
 
 @pytest.mark.skipif(not LINUX, reason="per-thread CPU time from /proc")
 @pytest.mark.parametrize("n", [1, 2])
 def test_a_step_runs_on_no_more_threads_than_the_policy_allows(n):
     """Every parallel part of a CPU step (matrix products, the fused stream kernels, the sampling + NCC op) runs
-    in PyTorch's one pool, so the policy's count bounds the threads that work."""
-    step, pair = make_step("torch", "bending", 6000, (64, 64, 64), "cpu")
-    x, f = pair.points[None], pair.fixed_values[None]
-    with threads.thread_scope(n):
-        step(x, f)  # warm-up at this count: the pool's other threads go idle
-
-        def steps():
-            for _ in range(6):
-                step(x, f)
-
-        busy = _busy_threads(steps)
+    in PyTorch's one pool, so the policy's count bounds the OS threads that work (the kernel's per-thread CPU
+    time, ``/proc/self/task/*/schedstat``, in a fresh process: no other test's threads)."""
+    out = subprocess.run([sys.executable, "-c", STEP_THREADS, str(n)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    busy = json.loads(out.stdout.strip().splitlines()[-1])
     assert 1 <= busy <= n, f"{busy} threads worked in a step under a policy of {n}"
 
 

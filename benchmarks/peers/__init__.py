@@ -35,6 +35,8 @@ class Registered:
         settings: what the tool was asked.
         version: the tool's version.
         extra: anything more the row should carry.
+        warp_labels: ``(label map on the moving grid) → it on the fixed grid``, by the tool's own nearest-neighbour
+            resampling, or ``None``.
     """
 
     map_points: Callable[[np.ndarray], np.ndarray]
@@ -44,6 +46,7 @@ class Registered:
     settings: dict
     version: Optional[str]
     extra: dict = field(default_factory=dict)
+    warp_labels: Optional[Callable[[sitk.Image], sitk.Image]] = None
 
 
 def displacement_jacobian(field_image: sitk.Image) -> sitk.Image:
@@ -51,14 +54,34 @@ def displacement_jacobian(field_image: sitk.Image) -> sitk.Image:
     return sitk.DisplacementFieldJacobianDeterminant(sitk.Cast(field_image, sitk.sitkVectorFloat64))
 
 
+def label_dice(warped: sitk.Image, truth: sitk.Image, structures: dict) -> dict:
+    """Dice per structure (each a union of label values) of a warped label map against the truth on one grid,
+    and their mean."""
+    a, b = sitk.GetArrayViewFromImage(warped), sitk.GetArrayViewFromImage(truth)
+    out = {}
+    for name, values in structures.items():
+        x, y = np.isin(a, values), np.isin(b, values)
+        total = int(x.sum()) + int(y.sum())
+        out[name] = float(2.0 * np.logical_and(x, y).sum() / total) if total else float("nan")
+    out["mean"] = float(np.nanmean(list(out.values())))
+    return out
+
+
 def evaluate(case: Case, result: Registered) -> dict:
-    """The row of one tool on one case: TRE before and after (mm), folding inside the case's mask, times."""
-    mapped = np.asarray(result.map_points(case.fixed_landmarks), dtype=np.float64)
+    """The row of one tool on one case: TRE before and after (mm) when the case has landmarks, label Dice when it
+    has labels, folding inside the case's mask, times."""
     strip = (lambda d: {k: v for k, v in d.items() if k != "errors"})
-    row = {"case": case.name, "tre_initial": strip(tre(case.fixed_landmarks, case.moving_landmarks)),
-           "tre": strip(tre(mapped, case.moving_landmarks)), "seconds": result.seconds,
-           "cpu_seconds": result.cpu_seconds, "settings": result.settings, "version": result.version,
-           **result.extra}
+    row = {"case": case.name, "seconds": result.seconds, "cpu_seconds": result.cpu_seconds,
+           "settings": result.settings, "version": result.version, **result.extra}
+    if case.fixed_landmarks is not None:
+        mapped = np.asarray(result.map_points(case.fixed_landmarks), dtype=np.float64)
+        row.update(tre_initial=strip(tre(case.fixed_landmarks, case.moving_landmarks)),
+                   tre=strip(tre(mapped, case.moving_landmarks)))
+    if case.moving_labels is not None and result.warp_labels is not None:
+        warped = result.warp_labels(case.moving_labels)
+        row["dice"] = label_dice(warped, case.fixed_labels, case.structures)
+        unwarped = sitk.Resample(case.moving_labels, case.fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        row["dice_initial"] = label_dice(unwarped, case.fixed_labels, case.structures)
     if result.jacobian is not None:
         det = result.jacobian()
         if det.GetSize() != case.fixed.GetSize():

@@ -84,8 +84,13 @@ def main(argv=None) -> int:
                     row = {"case": case.name, "error": f"{type(err).__name__}: {err}"}
                     print(f"    failed: {row['error']}", flush=True)
                 else:
-                    print(f"    TRE {row['tre_initial']['mean']:.2f} → {row['tre']['mean']:.2f} mm "
-                          f"(p95 {row['tre']['p95']:.2f}), {row['seconds']:.1f} s", flush=True)
+                    said = []
+                    if "tre" in row:
+                        said.append(f"TRE {row['tre_initial']['mean']:.2f} → {row['tre']['mean']:.2f} mm "
+                                    f"(p95 {row['tre']['p95']:.2f})")
+                    if "dice" in row:
+                        said.append(f"Dice {row['dice_initial']['mean']:.3f} → {row['dice']['mean']:.3f}")
+                    print(f"    {', '.join(said)}, {row['seconds']:.1f} s", flush=True)
                 row.update(tool=tool, profile=profile, threads=a.threads)
                 rows.append(row)
     print()

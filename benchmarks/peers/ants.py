@@ -65,6 +65,13 @@ def register(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, *, threads
     def mapping(points, recipe="fwd", _folder=work):
         return map_points(points, lists[recipe], [recipe == "inv" and t.endswith(".mat") for t in lists[recipe]])
 
+    def warp_labels(labels, _folder=work):
+        moved = ants.apply_transforms(fixed=fa, moving=to_ants(labels), transformlist=lists["fwd"],
+                                      interpolator="nearestNeighbor")
+        out = sitk.GetImageFromArray(np.rint(moved.numpy().transpose(2, 1, 0)).astype(np.uint8))
+        out.CopyInformation(fixed)
+        return out
+
     def jacobian(_folder=work):
         # the warp field's determinant; the affine part has a positive determinant and does not change the sign
         return displacement_jacobian(sitk.ReadImage(warps[0]))
@@ -74,7 +81,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, *, threads
                                                      for k, v in kwargs.items()},
                        "mask": "none (antspyx default)", "threads": threads},
                       getattr(ants, "__version__", package_version("antspyx")),
-                      extra={"recipe": "LPS points, fwdtransforms, whichtoinvert all False"})
+                      extra={"recipe": "LPS points, fwdtransforms, whichtoinvert all False"},
+                      warp_labels=warp_labels)
 
 
 def diagnostics(result: Registered, points: np.ndarray) -> dict:

@@ -114,8 +114,25 @@ def register(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, *, threads
         method.SetNumberOfThreads(int(threads))
         method.UpdateLargestPossibleRegion()
     transform = method.GetTransformParameterObject()
+
+    def warp_labels(labels):
+        nearest = itk.ParameterObject.New()
+        for i in range(transform.GetNumberOfParameterMaps()):
+            pm = transform.GetParameterMap(i)
+            pm["ResampleInterpolator"] = ["FinalNearestNeighborInterpolator"]
+            pm["FinalBSplineInterpolationOrder"] = ["0"]
+            nearest.AddParameterMap(pm)
+        tf = itk.TransformixFilter.New(to_itk(labels))
+        tf.SetTransformParameterObject(nearest)
+        tf.SetLogToConsole(False)
+        tf.UpdateLargestPossibleRegion()
+        out = sitk.GetImageFromArray(np.rint(itk.array_from_image(tf.GetOutput())).astype(np.uint8))
+        out.CopyInformation(fixed)
+        return out
+
     return Registered(lambda points: transformix(transform, mi, points)[0],
                       lambda: transformix(transform, mi, jacobian=True)[1], sw.wall, sw.cpu,
                       {**{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
                        "mask": "none (elastix default)", "threads": threads},
-                      package_version("itk-elastix"), extra={"recipe": "transformix point file (world), OutputPoint"})
+                      package_version("itk-elastix"), extra={"recipe": "transformix point file (world), OutputPoint"},
+                      warp_labels=warp_labels)

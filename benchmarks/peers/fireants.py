@@ -95,8 +95,13 @@ def register(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, *, threads
             yt = yt + torch.nn.functional.grid_sample(g, at, mode="bilinear", align_corners=True).view(3, -1).T.numpy()
         return yt @ torch2phy[:3, :3].T + torch2phy[:3, 3]
 
+    def warp_labels(labels):
+        transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+        return sitk.Resample(labels, fixed, transform, sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+
     return Registered(mapping, lambda: displacement_jacobian(field), sw.wall, sw.cpu,
                       {"deformable": kind, "affine": affine_kw, kind: deform_kw, "loss": "cc", "device": "cpu",
                        "mask": "none", "threads": threads},
                       package_version("fireants"),
-                      extra={"recipe": "phy2torch → affine + grid_sample(align_corners) → torch2phy"})
+                      extra={"recipe": "phy2torch → affine + grid_sample(align_corners) → torch2phy"},
+                      warp_labels=warp_labels)

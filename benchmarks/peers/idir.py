@@ -22,6 +22,15 @@ PROFILES = {
     "lr2e-4": dict(lr=2e-4),
     "omega16": dict(omega=16.0),
     "quick": dict(hidden=(32, 32, 32), batch_size=1000, epochs=30),
+    # the other regularisers under the staged schedule: their weight and stopping rule (the sensitivity behind
+    # their defaults)
+    **{f"{reg}-a{alpha:g}": dict(regularizer=reg, alpha=alpha)
+       for reg, alphas in (("jacobian", (0.05, 0.01, 0.002, 5e-4)), ("hyperelastic", (0.25, 0.05, 0.01, 2e-3)))
+       for alpha in alphas},
+    **{f"{reg}-a{alpha:g}-notol": dict(regularizer=reg, alpha=alpha, tol=0.0)
+       for reg, alpha in (("jacobian", 0.05), ("jacobian", 0.002), ("hyperelastic", 0.25), ("hyperelastic", 0.01))},
+    "jacobian": dict(regularizer="jacobian"),
+    "hyperelastic": dict(regularizer="hyperelastic"),
     # the convention check: a small fixed setting
     "check": dict(hidden=(64, 64, 64), batch_size=2000, epochs=300),
 }
@@ -42,4 +51,5 @@ def register(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, *, threads
     return Registered(reg.transform_points, reg.jacobian_determinant, sw.wall, sw.cpu,
                       {"profile": profile, "requested": settings, "used": used,
                        "mask": "fixed mask (loss sampled inside)", "threads": threads},
-                      idir_fast.__version__, extra={"recipe": "Registration.transform_points"})
+                      idir_fast.__version__, extra={"recipe": "Registration.transform_points"},
+                      warp_labels=lambda labels: idir_fast.apply(reg, labels, interpolation="nearest"))

@@ -13,20 +13,23 @@ def label(row: dict) -> str:
 
 def format_table(rows: List[dict]) -> str:
     """A fixed-width table: case, tool, TRE before/after (mean, p95, max), folding, seconds, threads."""
-    head = (f"{'case':12s} {'tool':24s} {'TRE0':>6s} {'mean':>6s} {'p95':>6s} {'max':>6s} {'fold':>7s} "
-            f"{'fold%':>8s} {'sec':>8s} {'cpu s':>8s} {'thr':>3s}")
+    head = (f"{'case':12s} {'tool':24s} {'TRE0':>6s} {'mean':>6s} {'p95':>6s} {'max':>6s} {'Dice0':>6s} "
+            f"{'Dice':>6s} {'fold':>7s} {'fold%':>8s} {'sec':>8s} {'cpu s':>8s} {'thr':>3s}")
     lines = [head, "-" * len(head)]
+    num = (lambda d, k, fmt="6.2f": format(d[k], fmt) if d and k in d else f"{'—':>6s}")
     for r in rows:
         if "error" in r:
             lines.append(f"{r['case']:12s} {label(r)[:24]:24s}  ERROR {r['error'][:70]}")
             continue
         f = r.get("folding") or {}
-        lines.append(f"{r['case']:12s} {label(r)[:24]:24s} {r['tre_initial']['mean']:6.2f} {r['tre']['mean']:6.2f} "
-                     f"{r['tre']['p95']:6.2f} {r['tre']['max']:6.2f} {f.get('count', -1):7d} "
+        t0, t, d0, d = r.get("tre_initial"), r.get("tre"), r.get("dice_initial"), r.get("dice")
+        lines.append(f"{r['case']:12s} {label(r)[:24]:24s} {num(t0, 'mean')} {num(t, 'mean')} {num(t, 'p95')} "
+                     f"{num(t, 'max')} {num(d0, 'mean', '6.3f')} {num(d, 'mean', '6.3f')} {f.get('count', -1):7d} "
                      f"{100 * f.get('fraction', float('nan')):7.3f}% {r['seconds']:8.1f} {r['cpu_seconds']:8.1f} "
                      f"{r['threads']:3d}")
-    lines.append("TRE0: initial mean TRE; mean/p95/max: TRE after registration (mm); fold: voxels with det J ≤ 0 "
-                 "inside the mask; sec: wall time of the registration call; cpu s: its process CPU time.")
+    lines.append("TRE0: initial mean TRE; mean/p95/max: TRE after registration (mm); Dice0/Dice: mean label Dice "
+                 "before/after (per structure in the record); fold: voxels with det J ≤ 0 inside the mask; sec: "
+                 "wall time of the registration call; cpu s: its process CPU time.")
     return "\n".join(lines)
 
 
@@ -46,12 +49,18 @@ def plot(rows: List[dict], cases: List[Case], path: Path, title: str) -> None:
     markers = dict(zip(labels, "osD^v<>pPX*h" * 2))
     colours = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
     for ax, case in zip(axes[0], cases):
+        by_dice = case.fixed_landmarks is None
         for r in (r for r in ok if r["case"] == case.name):
             lab = label(r)
+            if by_dice:
+                ax.plot([r["seconds"]], [1.0 - r["dice"]["mean"]], markers[lab], color=colours[lab], label=lab)
+                continue
             ax.plot([r["seconds"]], [r["tre"]["mean"]], markers[lab], color=colours[lab], label=lab)
             ax.vlines(r["seconds"], r["tre"]["mean"], r["tre"]["p95"], color=colours[lab], lw=1)
-        ax.axhline(tre(case.fixed_landmarks, case.moving_landmarks)["mean"], ls="--", color="grey", lw=1,
-                   label="initial")
+        if not by_dice:
+            ax.axhline(tre(case.fixed_landmarks, case.moving_landmarks)["mean"], ls="--", color="grey", lw=1,
+                       label="initial")
+        ax.set_ylabel("1 − mean Dice" if by_dice else "")
         ax.set_xscale("log")
         ax.set_ylim(bottom=0)
         ax.set_title(case.name)

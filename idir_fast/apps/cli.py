@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from ..errors import BackendError, DivergenceError, InputError, OutputError
 from ..io.files import IMAGE_FORMATS, check_writable_prefix, ensure_folder
 from ..settings import add_cli_options, options_from_cli, parse_hidden
 
+_LOADED = time.perf_counter()
 EXIT_OK = 0
 EXIT_PAIRS_FAILED = 1
 EXIT_INPUT = 2
@@ -58,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True,
                    help="output prefix, e.g. out/case1_ → out/case1_0Warp.nii.gz, …Warped.nii.gz, …JacDet.nii.gz, "
                         "…model.pt, …report.json; a folder (out/ with a trailing /, or an existing folder) means "
-                        "inside it: out/0Warp.nii.gz, … The folder must exist. Earlier outputs of the same prefix "
-                        "are replaced as a whole set (see README, 'Failure behaviour')")
+                        "inside it: out/0Warp.nii.gz, … Missing folders are created. Earlier outputs of the same "
+                        "prefix are replaced as a whole set (see README, 'Failure behaviour')")
     r.add_argument("--format", default=".nii.gz", choices=IMAGE_FORMATS,
                    help="image format of the outputs (default: %(default)s)")
     r.add_argument("--itk-transform", action="store_true",
@@ -79,6 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="landmark coordinates: world LPS mm, or 0-/1-based voxel indices (x y z) of their "
                         "image (default: %(default)s)")
     _add_engine_options(r)
+
+    ap = sub.add_parser("apply", help="apply a saved registration to an image, a label map or a point file "
+                                      "(as antsApplyTransforms / transformix)",
+                        description="Resample IMAGE (moving side) onto the fixed grid through a saved registration, "
+                                    "or map a point file fixed → moving; --inverse maps the other way. TRANSFORM is "
+                                    "a run's model.pt (or its prefix or folder) or a 0Warp displacement field "
+                                    "(+ --affine, a linear transform applied after it, as ANTs' -t 1Warp -t "
+                                    "0GenericAffine.mat).")
+    ap.add_argument("transform", help="model.pt, a run prefix/folder, or a 0Warp displacement-field image")
+    ap.add_argument("input", help="an image or label map (.nii.gz, .mha, .nrrd, …) or a point file (.txt/.csv: "
+                                  "x y z per row)")
+    ap.add_argument("--out", required=True, help="output image or point file (folders are created)")
+    ap.add_argument("--interpolation", default="linear", choices=("linear", "bspline", "nearest", "label"),
+                    help="linear (default), bspline, nearest or label (label-Gaussian): the last two keep the "
+                         "values and pixel type of a label map")
+    ap.add_argument("--reference", help="the output grid (default: the fixed grid; with --inverse the moving grid "
+                                        "stored in model.pt)")
+    ap.add_argument("--inverse", action="store_true", help="map moving → fixed (the inverse of Φ)")
+    ap.add_argument("--affine", help="with a 0Warp field: an ITK/ANTs linear transform file applied after it")
+    ap.add_argument("--default-value", type=float, default=0.0, help="value outside the input image (default 0)")
+    ap.add_argument("--points-frame", default="world", choices=("world", "index0", "index1"),
+                    help="input points: world LPS mm (default) or 0-/1-based voxel indices (x y z) of the fixed "
+                         "image (with --inverse: the moving image); output points are world LPS mm")
 
     d = sub.add_parser("demo", help="register a procedural lung phantom with a known breathing motion and print "
                                     "the landmark TRE (no download needed)",
@@ -140,14 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
                                        "capture safety, step time; --gpu-acceptance for a first GPU session",
                         description=__import__("idir_fast.apps.doctor", fromlist=["x"]).__doc__.split("\n\n")[1])
     dr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    dr.add_argument("--quick", action="store_true", help="tiny sizes only (CI)")
+    dr.add_argument("--full", action="store_true",
+                    help="also time the step at a realistic size (a few minutes on a CPU; default: small sizes, "
+                         "about half a minute)")
+    dr.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
     dr.add_argument("--gpu-acceptance", action="store_true",
                     help="also run the GPU acceptance checks (test suite, graph capture, CUDA vs CPU op, TRE per "
                          "precision, benchmark, throughput); on a CPU, what a CPU can run")
     dr.add_argument("--no-tests", action="store_true", help="with --gpu-acceptance: skip the test suite")
+    dr.add_argument("--tests", default=None,
+                    help="with --gpu-acceptance: the test folder to run (default: this source checkout's tests/; "
+                         "an installed package has none)")
     dr.add_argument("--out", default=None,
                     help="write the JSON + Markdown report into this folder (default with --gpu-acceptance: "
-                         "benchmarks/results of this checkout when present)")
+                         "benchmarks/results of this source checkout, else the current folder)")
 
     b = sub.add_parser("bench", help="time one optimisation step per regulariser × backend, side by side",
                        description="Benchmark: backward passes per step, ms per step, projected s per 2500-step "
@@ -183,44 +214,88 @@ def _print_table(rows: List[List[str]], header: List[str]) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
 
 
+def process_seconds() -> float:
+    """Seconds since this process started (the wall time a user waits for the command), from the kernel where it
+    tells; else since the command module was loaded."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter() - _LOADED
+
+
+def prepare_out(prefix: str, name: str = "--out") -> str:
+    """The output prefix, its folder created when missing (never a system folder), then every output check."""
+    text = os.fspath(prefix)
+    folder = text if text.endswith(os.sep) else os.path.dirname(text)
+    if folder and not os.path.isdir(folder):
+        ensure_folder(folder, name)
+    return check_writable_prefix(prefix, name)
+
+
 def cmd_register(a) -> int:
     from ..api import register
     from ..core.geometry import ImageGeometry
     from ..io.images import as_image
     from ..io.landmarks import read_points, to_world
-
     from ..settings import RunSettings
 
-    RunSettings(**options_from_cli(a)).resolved()  # every setting checked before any file is read
-    prefix = check_writable_prefix(a.out, "--out")  # every output check before any work
-    fl = ml = None
+    settings = RunSettings(**options_from_cli(a)).resolved()  # every setting checked before any file is read
     if bool(a.fixed_landmarks) != bool(a.moving_landmarks):
         raise InputError("'--fixed-landmarks' and '--moving-landmarks' must be given together")
+    print("idir-fast register: reading and checking the inputs …", flush=True)
     fixed = as_image(a.fixed, "fixed")
     moving = as_image(a.moving, "moving")
+    fl = ml = None
     if a.fixed_landmarks:
         fl = to_world(read_points(a.fixed_landmarks, "--fixed-landmarks"), a.landmarks_frame,
                       ImageGeometry.from_sitk(fixed))
         ml = to_world(read_points(a.moving_landmarks, "--moving-landmarks"), a.landmarks_frame,
                       ImageGeometry.from_sitk(moving))
+    prefix = prepare_out(a.out)  # every output check before any work
+    print(f"preparing: fixed {'×'.join(map(str, fixed.GetSize()))}, moving {'×'.join(map(str, moving.GetSize()))}"
+          + (", mask" if a.mask else "") + (", affine stage" if settings.affine else "")
+          + f"; {settings.epochs} steps of {settings.batch_size} points, SIREN "
+          + "×".join(map(str, settings.hidden)) + f", {settings.threads} thread(s) …", flush=True)
     reg = register(fixed, moving, a.mask, fixed_landmarks=fl, moving_landmarks=ml, moving_mask=a.moving_mask,
                    initial_transform=a.initial_transform, **_engine_kwargs(a))
+    t_written = process_seconds()
+    print(f"writing the outputs to {prefix} …", flush=True)
     outputs = reg.save(prefix, field_format=a.format, itk_transform=a.itk_transform, figures=a.figures,
                        write_inverse=a.write_inverse)
-    _summarise(outputs)
+    total = process_seconds()
+    _summarise(outputs, {"total": total, "write": total - t_written})
     return 0
 
 
-def _summarise(outputs) -> None:
-    """The run's summary, from the report it wrote (what the files say, metrics of the written det J included)."""
+REGULARISER_MEANING = {"bending": "the bending energy of Φ (its second derivatives; lower is smoother)",
+                       "jacobian": "the mean |1 − det ∂Φ/∂x| (0 where Φ keeps volume)",
+                       "hyperelastic": "the hyperelastic energy of Φ (length, area and volume changes)"}
+
+
+def _summarise(outputs, wall: Optional[dict] = None) -> None:
+    """The run's summary, from the report it wrote (what the files say, metrics of the written det J included),
+    with what each number means; ``wall``: the command's ``total`` and ``write`` seconds."""
     import json
 
     report = json.loads(Path(outputs["report"]).read_text(encoding="utf-8"))
     s, t, m = report["settings"], report["timings"], report["metrics"]
-    print(f"\nregistered in {t['optimise_s']:.1f} s ({t['ms_per_epoch']:.1f} ms/epoch, backend {s['backend']}, "
-          f"{s['backward_passes_per_epoch']} backward pass(es)/epoch, device {s['device']})")
+    print(f"\nregistered: {t['optimise_s']:.1f} s optimising ({t['ms_per_epoch']:.1f} ms/step, backend {s['backend']}, "
+          f"{s['backward_passes_per_epoch']} backward pass(es)/step, device {s['device']})")
+    if wall:
+        optimise = t["optimise_s"]
+        print(f"total {wall['total']:.1f} s: prepare {wall['total'] - wall['write'] - optimise:.1f} s (start-up, "
+              f"reading and checking, preparing the points), optimise {optimise:.1f} s, write "
+              f"{wall['write']:.1f} s")
     final = report["final_losses"]
-    print(f"final: NCC {-final['similarity']:.4f}, regulariser {final['regularization']:.4g}")
+    print(f"final: NCC {-final['similarity']:.4f} — the normalised cross-correlation of the fixed image and the "
+          "warped moving image at the last step's points (1: identical up to brightness and contrast; a blurred "
+          "first stage scores higher than the sharp last one)")
+    if s.get("regularizer"):
+        print(f"       regulariser {final['regularization']:.4g} — {REGULARISER_MEANING.get(s['regularizer'], '')}")
     if "tre" in m:
         rows = [[name, f"{m[key]['mean']:.2f}", f"{m[key]['std']:.2f}", f"{m[key]['median']:.2f}",
                  f"{m[key]['p95']:.2f}", f"{m[key]['max']:.2f}"] for name, key in
@@ -240,6 +315,38 @@ def _summarise(outputs) -> None:
               + (f" — DOUBTFUL (p95 > {c['flag_mm']} mm): look at the Consistency map" if c["flagged"] else ""))
     for k, v in outputs.items():
         print(f"  {k:9s} {v}")
+
+
+POINT_SUFFIXES = (".txt", ".csv", ".pts")
+
+
+def cmd_apply(a) -> int:
+    from ..apply import apply, read_saved
+    from ..io.images import write_image
+    from ..io.landmarks import write_points
+
+    is_points = Path(a.input).suffix.lower() in POINT_SUFFIXES
+    out = Path(a.out)
+    if is_points != (out.suffix.lower() in POINT_SUFFIXES):
+        raise InputError(f"'--out': {a.out!r} must be a {'point file (.txt/.csv)' if is_points else 'image'} like "
+                         f"the input {a.input!r}")
+    if not Path(a.input).exists():
+        raise InputError(f"'input': file not found: {a.input!r}")
+    ensure_folder(out.parent if str(out.parent) else ".", "--out")  # every check before any work
+    check_writable_prefix(str(out), "--out")
+    t0 = time.perf_counter()
+    saved = read_saved(a.transform, a.affine)
+    if is_points:
+        moved = apply(saved, points=a.input, inverse=a.inverse, points_frame=a.points_frame)
+        write_points(moved, out)
+        what = f"{len(moved)} points {'moving → fixed' if a.inverse else 'fixed → moving'}"
+    else:
+        image = apply(saved, a.input, reference=a.reference, interpolation=a.interpolation,
+                      default_value=a.default_value, inverse=a.inverse)
+        write_image(image, out)
+        what = f"image {'×'.join(map(str, image.GetSize()))} ({a.interpolation})"
+    print(f"idir-fast apply: {what} → {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 def cmd_demo(a) -> int:
@@ -402,17 +509,17 @@ def cmd_bench(a) -> int:
 
 
 def cmd_doctor(a) -> int:
-    from .doctor import ROOT, doctor
+    from .doctor import ROOT, checkout_tests, doctor
 
     out = a.out
-    if out is None and a.gpu_acceptance and (ROOT / "benchmarks" / "results").is_dir():
-        out = str(ROOT / "benchmarks" / "results")
-    report = doctor(a.device, quick=a.quick, gpu_acceptance=a.gpu_acceptance, run_tests=not a.no_tests,
-                    out_dir=out)
+    if out is None and a.gpu_acceptance:
+        out = str(ROOT / "benchmarks" / "results") if checkout_tests() is not None else "."
+    report = doctor(a.device, quick=not a.full, gpu_acceptance=a.gpu_acceptance, run_tests=not a.no_tests,
+                    tests=a.tests, out_dir=out)
     return 1 if report.failures else 0
 
 
-COMMANDS = {"register": cmd_register, "demo": cmd_demo, "bench": cmd_bench, "report": cmd_report,
+COMMANDS = {"register": cmd_register, "apply": cmd_apply, "demo": cmd_demo, "bench": cmd_bench, "report": cmd_report,
             "dirlab": cmd_dirlab, "cohort": cmd_cohort, "doctor": cmd_doctor}
 
 

@@ -1,9 +1,10 @@
 """``idir-fast doctor``: what this machine has, and whether every fast path on it gives the reference's numbers.
 
-Plain ``doctor`` (seconds): the environment (torch, Triton, CUDA, the GPU, whether ``idir_fast._C`` is built and
-has CUDA), a self-check of every fast path available on the device against the reference (values and parameter
-gradients, per precision mode; the compiled sampling/NCC op against the plain interpolant), the capture-safety
-check of every backend × regulariser, and a short timing table.
+Plain ``doctor`` (about half a minute on a 2-core CPU): the environment (torch, Triton, CUDA, the GPU, whether
+``idir_fast._C`` is built and has CUDA), a self-check of every fast path available on the device against the
+reference (values and parameter gradients, per precision mode; the compiled sampling/NCC op against the plain
+interpolant), the capture-safety check of every backend × regulariser, and a small timing table; ``--full`` times
+the step at a realistic size (a few minutes on a CPU).
 
 ``doctor --gpu-acceptance`` (a few minutes on an H100): everything a first GPU session must know — the test suite
 with real kernels, that every regulariser's step is really captured as a CUDA graph and replays without a host
@@ -31,6 +32,12 @@ from ..io.files import ensure_folder, write_json, write_text
 from ..ops import sample_ncc
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def checkout_tests() -> Optional[Path]:
+    """The test folder of the source checkout this package runs from, or ``None`` (an installed package)."""
+    tests = ROOT / "tests"
+    return tests if (ROOT / "setup.py").is_file() and tests.is_dir() else None
 
 
 class Report:
@@ -197,13 +204,17 @@ def timing_rows(report: Report, device: torch.device, quick: bool) -> List[dict]
 
 
 # ------------------------------------------------------------------------------------------- GPU acceptance
-def run_gpu_acceptance(report: Report, device: torch.device, run_tests: bool = True) -> None:
+def run_gpu_acceptance(report: Report, device: torch.device, run_tests: bool = True,
+                       tests: Optional[str] = None) -> None:
     cuda = device.type == "cuda"
     report.section("test suite")
-    if run_tests:
-        report.run("python -m pytest -q tests", _pytest)
+    folder = Path(tests) if tests else checkout_tests()
+    if not run_tests:
+        report.add("the test suite", "skipped", why="--no-tests")
+    elif folder is None or not folder.is_dir():
+        report.add("the test suite", "skipped", why="no test folder: an installed package (pass --tests DIR)")
     else:
-        report.add("python -m pytest -q tests", "skipped", why="--no-tests")
+        report.run(f"python -m pytest -q {folder}", lambda: _pytest(folder))
     report.section("the loop on the device")
     for reg in objectives.REGULARIZERS:
         label = objectives.get_regularizer(reg).label
@@ -238,10 +249,10 @@ def run_gpu_acceptance(report: Report, device: torch.device, run_tests: bool = T
         report.add("GPU step benchmark", "skipped", why="no GPU: see the step-time table above")
 
 
-def _pytest() -> dict:
+def _pytest(folder: Path) -> dict:
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "tests"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=1800)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", str(folder)], cwd=folder.parent,
+                          capture_output=True, text=True, timeout=1800)
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
     return {"status": "ok" if proc.returncode == 0 else "FAIL", "summary": tail,
             "seconds": time.perf_counter() - t}
@@ -363,9 +374,12 @@ def _throughput(device) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ main
-def doctor(device: Optional[str] = None, *, quick: bool = False, gpu_acceptance: bool = False,
-           run_tests: bool = True, out_dir: Optional[str] = None, echo: bool = True) -> Report:
-    """Run the doctor; write JSON + Markdown to ``out_dir`` when given. Returns the report."""
+def doctor(device: Optional[str] = None, *, quick: bool = True, gpu_acceptance: bool = False,
+           run_tests: bool = True, tests: Optional[str] = None, out_dir: Optional[str] = None,
+           echo: bool = True) -> Report:
+    """Run the doctor (``quick``: small sizes; ``quick=False``: the step timed at a realistic size); with
+    ``gpu_acceptance`` also the GPU checks and the test suite of ``tests`` (default: this source checkout's);
+    write JSON + Markdown to ``out_dir`` when given. Returns the report."""
     from ..settings import resolve_device
 
     dev = resolve_device(device)
@@ -376,7 +390,7 @@ def doctor(device: Optional[str] = None, *, quick: bool = False, gpu_acceptance:
     capture_rows(report, dev)
     timing_rows(report, dev, quick or gpu_acceptance)
     if gpu_acceptance:
-        run_gpu_acceptance(report, dev, run_tests)
+        run_gpu_acceptance(report, dev, run_tests, tests)
     if out_dir:
         info = machine_info(dev)
         ensure_folder(out_dir, "--out")

@@ -302,9 +302,12 @@ def _write(reg, prefix, symmetric, field_format, write_warped, write_jacobian, i
     from .model_file import model_bytes, state_of
     from .transforms import matrix_to_transform, write_itk_transform_to
 
-    evaluated = reg.evaluate(jacobian=write_jacobian, inverse=write_inverse or symmetric)
+    with_warped = write_warped and reg.moving is not None
+    images = reg.transform.output_images(reg.warped_input() if with_warped else None,  # one pass for all three
+                                         jacobian=write_jacobian)
+    evaluated = reg.evaluate(jacobian=write_jacobian, inverse=write_inverse or symmetric, det=images.get("jacobian"))
     with OutputSet(prefix) as outs:
-        outs.image("field", "0Warp" + field_format, reg.displacement_field())
+        outs.image("field", "0Warp" + field_format, images["field"])
         if not np.allclose(reg.world_affine, np.eye(4)):
             affine = matrix_to_transform(reg.world_affine)
             outs.written("affine", "Affine.mat",
@@ -318,11 +321,10 @@ def _write(reg, prefix, symmetric, field_format, write_warped, write_jacobian, i
             outs.image("inverse_field", "0InverseWarp" + field_format, reg.inverse_displacement_field())
         if symmetric:
             outs.image("consistency", "Consistency" + field_format, reg.consistency_image())
-        if write_warped and reg.moving is not None:
-            outs.image("warped", "Warped" + field_format, reg.warped())
-        jac = None
-        if write_jacobian:
-            jac = evaluated.jacobian_determinant()
+        if with_warped:
+            outs.image("warped", "Warped" + field_format, images["warped"])
+        jac = images.get("jacobian")
+        if jac is not None:
             outs.image("jacobian", "JacDet" + field_format, jac)
         outs.data("model", "model.pt", model_bytes(state_of(evaluated), outs.run_id))
         if figures:

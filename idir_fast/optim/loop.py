@@ -88,7 +88,7 @@ def run(step, sampler: PointSampler, epochs: int, *, device: torch.device, loop:
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, desc=progress, unit="epoch", dynamic_ncols=True, leave=True)
+        bar = tqdm(total=epochs, desc=progress, unit="step", dynamic_ncols=True, leave=True)
     with _device_scope(device):
         use_graph = loop == "fast" and device.type == "cuda"
         history = torch.zeros(epochs, n_pairs, len(HISTORY_TERMS), dtype=sampler.points[0].dtype, device=device)

@@ -57,6 +57,13 @@ def _progress_label(settings: RunSettings, choice, n_pairs: int) -> str:
     return f"IDIR {what} [{choice.name}]" + (f" ×{n_pairs} pairs" if n_pairs > 1 else "")
 
 
+def _stage_label(label: str, k: int, stages) -> str:
+    if len(stages) == 1:
+        return label
+    blur = f", images blurred ({stages[k].smoothing:g} voxels)" if stages[k].smoothing else ", sharp images"
+    return f"{label} stage {k + 1}/{len(stages)}{blur}"
+
+
 def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: bool = False,
              sync_debug: bool = False, fwd_to_bwd: Optional[np.ndarray] = None, governor=None) -> Trained:
     """Train one network per pair, all in one loop (one pair: any backend; several: a batched step).
@@ -96,7 +103,7 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
                                settings.seed + k)
         rule = ConvergenceRule(settings.tol, min_epochs=max(100, stage.epochs // 2)) if settings.tol else None
         result = run(step, sampler, stage.epochs, device=device, loop=settings.loop,
-                     progress=(f"{label} {k + 1}/{len(stages)}" if len(stages) > 1 else label) if label else None,
+                     progress=_stage_label(label, k, stages) if label else None,
                      sync_debug=sync_debug, lr_at=stage.lr_at, stop_rule=rule, governor=governor)
         results.append(result)
         record.append({"epochs": stage.epochs, "epochs_run": result.epochs_run, "points": batch,
