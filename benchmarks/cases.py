@@ -281,6 +281,12 @@ def icbm_case(data: Optional[str] = None) -> Case:
     """Subject (fixed) ↔ ICBM152 2009a template (moving): cortex/white matter Dice, no landmarks."""
     fixed, labels, mask = _brain(data)
     t1, gm, wm = icbm_template()
+    # the template in MNI coordinates, the subject in its own: centre the template on the subject (a translation),
+    # so every tool starts from the same pose, as users centre images before an affine stage
+    centre = (lambda img: world_points(img, ((np.asarray(img.GetSize()) - 1) / 2.0)[None])[0])
+    shift = centre(fixed) - centre(t1)
+    for img in (t1, gm, wm):
+        img.SetOrigin(tuple(np.asarray(img.GetOrigin()) + shift))
     tissue = sitk.Cast(gm > 0.5, sitk.sitkUInt8) + 2 * sitk.Cast(wm > 0.5, sitk.sitkUInt8)
     tissue = sitk.Cast(sitk.Clamp(tissue, sitk.sitkUInt8, 0, 2), sitk.sitkUInt8)  # GM and WM > 0.5 cannot overlap
     arr = sitk.GetArrayViewFromImage(labels)
@@ -291,7 +297,7 @@ def icbm_case(data: Optional[str] = None) -> Case:
     fixed_tissue.CopyInformation(labels)
     return Case("brain-icbm", fixed, t1, mask, None, None,
                 f"brain T1 {fixed.GetSize()} (fixed) and the ICBM152 2009a template {t1.GetSize()} of nilearn "
-                "(moving), inter-subject; tissue Dice against the template's GM/WM maps > 0.5",
+                "(moving, centred on the subject), inter-subject; tissue Dice against the template's GM/WM maps > 0.5",
                 moving_labels=tissue, fixed_labels=fixed_tissue, structures=TISSUES)
 
 

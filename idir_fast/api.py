@@ -20,7 +20,7 @@ from .errors import InputError
 from .io.images import ImageLike, as_image, as_mask
 from .io.landmarks import read_points
 from .io.transforms import matrix_to_transform, transform_matrix
-from .optim.affine import affine_stage
+from .optim.affine import affine_stage, pose_difference
 from .optim.prepare import PreparedPair, prepare_pair
 from .optim.run import Trained, optimise
 from .optim.step import HISTORY_TERMS
@@ -113,9 +113,14 @@ def prepare_run(inputs: PairInputs, settings: RunSettings) -> PreparedRun:
     moving grid by the affine part (the whole moving image when there is no fixed mask either).
     """
     A, info = inputs.initial_transform, {}
-    if settings.affine == "auto":
-        A, info = affine_stage(inputs.fixed, inputs.moving, inputs.mask, inputs.moving_mask, initial=A,
-                               seed=settings.seed)
+    run_affine = settings.affine == "auto"
+    if settings.affine == "detect" and A is None:  # the images' moments say whether their poses differ
+        pose = pose_difference(inputs.fixed, inputs.moving)
+        run_affine, info = pose["differs"], {"pose": pose, "seconds": 0.0}
+    if run_affine:
+        A, stage = affine_stage(inputs.fixed, inputs.moving, inputs.mask, inputs.moving_mask, initial=A,
+                                seed=settings.seed)
+        info = {**info, **stage}
     common = dict(normalisation=settings.normalisation, device=settings.torch_device, dtype=settings.dtype)
     fwd = prepare_pair(inputs.fixed, inputs.moving, inputs.mask, world_affine=A, moving_mask=inputs.moving_mask,
                        **common)

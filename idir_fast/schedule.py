@@ -22,7 +22,7 @@ peak learning rate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -64,6 +64,9 @@ class Profile:
     init: str = "identity"
     warmup: int = 20
     constant_lr: bool = False
+    regularizers: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    """Per regulariser, what differs from the profile for it: ``alpha`` (its weight under this schedule, instead
+    of the compat table's), ``tol`` (its stopping rule)."""
 
 
 PAPER = Profile(hidden=(256, 256, 256), omega=32.0, epochs=2500, points=10_000, lr=1e-4,

@@ -127,7 +127,8 @@ class RunSettings:
                          choices=list(LOOPS), cli=False)
     affine: Optional[str] = _setting(
         None, "affine stage before the SIREN: auto (SimpleITK, correlation metric, 3-level pyramid; starts from "
-        "--initial-transform when given) or none", choices=["auto", "none"], check=lambda v: _affine(v))
+        "--initial-transform when given), detect (only when the images' intensity moments say their poses differ) "
+        "or none", choices=["auto", "detect", "none"], check=lambda v: _affine(v))
     symmetric: bool = _setting(
         False, "train a forward and a backward SIREN together with a cycle-consistency term (ccIDIR); writes both "
         "fields and the consistency map, a per-voxel uncertainty", check=lambda v: _bool(v, "symmetric"))
@@ -191,13 +192,15 @@ class RunSettings:
     def resolved(self) -> "RunSettings":
         """A copy with every derived value filled in and the device checked against this machine."""
         profile, compat = self.profile, self.compat_profile
+        own = profile.regularizers.get(self.regularizer, {}) if self.compat is None else {}
         return dataclasses.replace(
             self,
             schedule=self.schedule_name,
             epochs=self.epochs or profile.epochs, batch_size=self.batch_size or profile.points,
             hidden=self.hidden or profile.hidden, omega=self.omega or profile.omega,
-            tol=profile.tol if self.tol is None else self.tol,
-            alpha=self.regularizer_spec.default_alpha(self.compat) if self.alpha is None else self.alpha,
+            tol=own.get("tol", profile.tol) if self.tol is None else self.tol,
+            alpha=own.get("alpha", self.regularizer_spec.default_alpha(self.compat)) if self.alpha is None
+            else self.alpha,
             lr=self.lr or compat.lr or profile.lr,
             init=self.init or compat.init or profile.init,
             normalisation=self.normalisation or compat.normalisation,
@@ -272,8 +275,8 @@ def _bool(value, name: str) -> bool:
 def _affine(value):
     if isinstance(value, str) and value.lower() == "none":
         return None
-    if value != "auto":
-        raise InputError(f"'affine' must be 'auto' or None, got {value!r}")
+    if value not in ("auto", "detect"):
+        raise InputError(f"'affine' must be 'auto', 'detect' or None, got {value!r}")
     return value
 
 

@@ -253,6 +253,7 @@ class ThreadGovernor:
         self.changes: List[Tuple[int, int]] = [(0, self.current)]
         self.thread_steps = 0  # Σ threads over steps, for the mean
         self._last: Optional[tuple] = None
+        self._entry: Optional[tuple] = self._sample() if self.adaptive else None  # the run's start
 
     def _sample(self) -> Optional[tuple]:
         delay = _run_queue_delay_s()
@@ -262,12 +263,21 @@ class ThreadGovernor:
         return time.monotonic(), delay, busy, time.process_time()
 
     def start(self) -> None:
-        """Apply the starting count and take the first load sample (at the start of the optimisation)."""
+        """At the start of the optimisation: the starting count — fewer than the maximum when other processes
+        kept the cores busy while the run was preparing (from the run's start to now) — applied, and the first
+        load sample taken."""
         import torch
 
-        torch.set_num_threads(self.current)
         if self.adaptive:
             self._last = self._sample()
+            if self._entry is not None and self._last is not None and self.steps == 0:
+                wall = self._last[0] - self._entry[0]
+                if wall >= 0.1:
+                    others = max(0.0, ((self._last[2] - self._entry[2]) - (self._last[3] - self._entry[3])) / wall)
+                    free = len(self.cpus) - others
+                    self.current = max(1, min(self.maximum, int(math.floor(free + 0.5))))
+                    self.changes = [(0, self.current)]
+        torch.set_num_threads(self.current)
 
     def tick(self) -> None:
         """Once per step: count it and, when due, look at the load and change the thread count by at most one."""

@@ -114,60 +114,27 @@ class Transform:
         g.apply_to(img)
         return img
 
-    def displacement_field(self) -> sitk.Image:
-        """``u(x) = Φ(x) − x`` on the fixed grid, mm in the LPS world frame (VectorFloat32; cast to
-        ``sitk.sitkVectorFloat64`` for a ``sitk.DisplacementFieldTransform``)."""
-        n2w = np.linalg.inv(self.forward.world_to_normalised)
-        total = torch.as_tensor(self.world_affine @ n2w, device=self.device)  # normalised Φ → moving world
-        n2w = torch.as_tensor(n2w, device=self.device)
-
-        def displacements():
-            for start, x, u in self.grid_chunks(0):
-                moved = (x + u[0]) @ total[:3, :3].T + total[:3, 3]
-                yield start, moved - (x @ n2w[:3, :3].T + n2w[:3, 3])
-
-        return self.grid_image(displacements(), components=3)
-
-    def jacobian_determinant(self) -> sitk.Image:
-        """``det ∂Φ/∂x`` on the fixed grid (Float32): the network's determinant (the same in the world and the
-        normalised frames, which differ by an affine map) times ``det A``."""
-        eye = torch.eye(3, dtype=torch.float64, device=self.device)
-        det_affine = float(np.linalg.det(self.world_affine[:3, :3]))
-        return self.grid_image((start, det_affine * determinant(u[1:4].permute(1, 2, 0) + eye))
-                               for start, _, u in self.grid_chunks(1))
-
-    def warped(self, moving, default_value: float = 0.0) -> sitk.Image:
-        """``M(Φ(x))`` on the fixed grid, trilinear; points more than half a voxel outside the moving image get
-        ``default_value`` (as ``sitk.Resample``), within that half voxel the border value."""
-        mg = ImageGeometry.from_sitk(moving)
-        vol = torch.from_numpy(sitk.GetArrayFromImage(moving).astype(np.float64)).to(self.device)
-        n2mi = torch.as_tensor(mg.world_to_index() @ self.world_affine @
-                               np.linalg.inv(self.forward.world_to_normalised), device=self.device)
-        hi = [n - 0.5 for n in mg.size]
-
-        def values():
-            for start, x, u in self.grid_chunks(0):
-                idx = (x + u[0]) @ n2mi[:3, :3].T + n2mi[:3, 3]
-                val = trilinear(vol, idx)
-                outside = torch.zeros_like(val, dtype=torch.bool)
-                for a in range(3):
-                    outside |= (idx[:, a] < -0.5) | (idx[:, a] > hi[a])
-                yield start, torch.where(outside, torch.full_like(val, default_value), val)
-
-        return self.grid_image(values())
-
-    def output_images(self, moving: Optional[sitk.Image] = None, jacobian: bool = True,
+    def output_images(self, moving: Optional[sitk.Image] = None, field: bool = True, jacobian: bool = True,
                       default_value: float = 0.0) -> dict:
-        """What a run writes, from one pass over the fixed grid (the network evaluated once per chunk): ``field``
-        (:meth:`displacement_field`), ``warped`` (:meth:`warped` of ``moving``, when given) and ``jacobian``
-        (:meth:`jacobian_determinant`, with ``jacobian``) — the same values those methods give (the value stream
-        of a pass with derivatives is the value of a pass without)."""
+        """The images of the map on the fixed grid, from one pass over it (the network evaluated once per chunk):
+
+        * ``field`` — ``u(x) = Φ(x) − x``, mm in the LPS world frame (VectorFloat32; cast to
+          ``sitk.sitkVectorFloat64`` for a ``sitk.DisplacementFieldTransform``);
+        * ``warped`` (when ``moving`` is given) — ``M(Φ(x))``, trilinear; points more than half a voxel outside the
+          moving image get ``default_value`` (as ``sitk.Resample``), within that half voxel the border value;
+        * ``jacobian`` — ``det ∂Φ/∂x`` (Float32): the network's determinant (the same in the world and normalised
+          frames, which differ by an affine map) times ``det A``.
+
+        (The value stream of a pass with derivatives is, bit for bit, that of a pass without, so the field is the
+        same whichever images are asked for.)"""
         g = self.fixed_geometry
         n = int(np.prod(g.size))
         n2w = np.linalg.inv(self.forward.world_to_normalised)
-        total = torch.as_tensor(self.world_affine @ n2w, device=self.device)
+        total = torch.as_tensor(self.world_affine @ n2w, device=self.device)  # normalised Φ → moving world
         n2w_t = torch.as_tensor(n2w, device=self.device)
-        out = {"field": np.empty((n, 3), np.float32)}
+        out = {}
+        if field:
+            out["field"] = np.empty((n, 3), np.float32)
         if moving is not None:
             mg = ImageGeometry.from_sitk(moving)
             vol = torch.from_numpy(sitk.GetArrayFromImage(moving).astype(np.float64)).to(self.device)
@@ -181,8 +148,9 @@ class Transform:
         for start, x, u in self.grid_chunks(1 if jacobian else 0):
             end = start + x.shape[0]
             phi = x + u[0]
-            moved = phi @ total[:3, :3].T + total[:3, 3]
-            out["field"][start:end] = (moved - (x @ n2w_t[:3, :3].T + n2w_t[:3, 3])).cpu().numpy()
+            if field:
+                moved = phi @ total[:3, :3].T + total[:3, 3]
+                out["field"][start:end] = (moved - (x @ n2w_t[:3, :3].T + n2w_t[:3, 3])).cpu().numpy()
             if moving is not None:
                 idx = phi @ n2mi[:3, :3].T + n2mi[:3, 3]
                 val = trilinear(vol, idx)
@@ -200,6 +168,18 @@ class Transform:
             g.apply_to(img)
             images[name] = img
         return images
+
+    def displacement_field(self) -> sitk.Image:
+        """``u(x) = Φ(x) − x`` on the fixed grid (:meth:`output_images`)."""
+        return self.output_images(field=True, jacobian=False)["field"]
+
+    def jacobian_determinant(self) -> sitk.Image:
+        """``det ∂Φ/∂x`` on the fixed grid (:meth:`output_images`)."""
+        return self.output_images(field=False, jacobian=True)["jacobian"]
+
+    def warped(self, moving, default_value: float = 0.0) -> sitk.Image:
+        """``M(Φ(x))`` on the fixed grid (:meth:`output_images`)."""
+        return self.output_images(moving, field=False, jacobian=False, default_value=default_value)["warped"]
 
     def itk_transform(self) -> sitk.Transform:
         """Φ as an ITK transform: the composite ``A ∘ (x + u(x))`` (the affine part exact, the network's own

@@ -218,3 +218,21 @@ def test_cli_and_cohort_take_the_new_inputs_and_flag_doubtful_pairs(affine_case,
     assert rc == 0 and summary["doubtful"] == ["a"] and summary["pairs"][0]["doubtful"] is True
     assert summary["pairs"][0]["consistency_p95_mm"] > 0
     assert (out / "a" / "Consistency.nii.gz").exists() and (out / "a" / "0InverseWarp.nii.gz").exists()
+
+
+def test_detect_runs_the_affine_stage_only_when_the_poses_differ(affine_case, small_pair):
+    """``affine="detect"``: the intensity moments of a pair moved by a known affine map (9°, 29 mm, +5 %) differ
+    beyond the limits and the affine stage runs; a breathing-motion pair's do not and it is skipped (recorded)."""
+    from idir_fast.optim.affine import pose_difference
+
+    p, A, moving, moved_landmarks = affine_case
+    posed = pose_difference(p.fixed, moving)
+    assert posed["differs"] and posed["offset_mm"] > 10.0, posed
+    breathing = pose_difference(small_pair.fixed, small_pair.moving)
+    assert not breathing["differs"], breathing
+    reg = idir_fast.register(p.fixed, moving, p.mask, affine="detect", **FAST)
+    assert reg.run["affine_stage"]["pose"]["differs"] and "metric" in reg.run["affine_stage"]
+    assert not np.allclose(reg.world_affine, np.eye(4))
+    kept = idir_fast.register(small_pair.fixed, small_pair.moving, small_pair.mask, affine="detect", **FAST)
+    assert not kept.run["affine_stage"]["pose"]["differs"] and "metric" not in kept.run["affine_stage"]
+    assert np.allclose(kept.world_affine, np.eye(4))

@@ -255,3 +255,18 @@ def test_register_leaves_the_callers_process_as_it_found_it(tiny_pair):
         torch.set_default_dtype(before_dtype)
         torch.set_num_threads(before_threads)
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before_itk)
+
+
+def test_the_governor_starts_with_fewer_threads_when_the_cores_were_busy_while_the_run_prepared(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        for others, expected in ((1.0, 1), (0.05, 2), (0.4, 2)):
+            samples = iter([(0.0, 0.0, 0.0, 0.0), (2.0, 0.0, 2.0 * (others + 1.0), 2.0)])  # (t, delay, busy, ours)
+            monkeypatch.setattr(threads.ThreadGovernor, "_sample", lambda self: next(samples))
+            g = threads.ThreadGovernor(2, adaptive=True)
+            g.cpus = [0, 1]
+            g.start()
+            assert g.current == expected == torch.get_num_threads(), (others, g.current)
+            assert g.record()["changes"] == [[0, expected]]
+    finally:
+        torch.set_num_threads(before)

@@ -14,6 +14,7 @@ from . import Registered
 PROFILES = {
     "default": {},
     "default+affine": dict(affine="auto"),
+    "detect": dict(affine="detect"),
     "paper": dict(schedule="paper"),
     # one change each from the CPU default (the sensitivity behind the defaults)
     "hidden96": dict(hidden=(96, 96, 96)),

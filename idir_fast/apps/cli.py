@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--full", action="store_true",
                    help="the paper's schedule (3×256, 10,000 points × 2500 steps; about an hour on a 2-core CPU) on a "
                         "larger phantom, instead of the package defaults")
-    d.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    d.add_argument("--steps", "--epochs", dest="epochs", type=int, default=None,
+                   help="optimisation steps in all (default: the schedule's)")
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     d.add_argument("--backend", default="auto", choices=("auto",) + backends.names(), help="compute backend")
     d.add_argument("--regularizer", default="bending", choices=[r_.label for r_ in REGULARIZERS.values()])

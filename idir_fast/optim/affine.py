@@ -28,6 +28,42 @@ def _non_negative(image: sitk.Image) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkFloat32) - float(stats.GetMinimum())
 
 
+POSE_LIMITS = {"offset_mm": 10.0, "scale": 0.07, "shape": 0.1}
+"""When the moments of the images' foregrounds differ by more than these, their poses differ (``affine="detect"``
+then runs the affine stage): the centres further apart than ``offset_mm``, the linear size (the inertia's
+determinant to the power 1/6) off by more than ``scale``, or the inertia's shape (normalised by its trace) off by
+more than ``shape`` (Frobenius) — a rotation or an anisotropic scaling."""
+
+
+def _moments(image: sitk.Image, step: int = 2):
+    """Centre and inertia (world mm) of the image's foreground — the voxels above its Otsu threshold, on every
+    ``step``-th voxel: the object's shape, not its intensities (noise and contrast do not move it)."""
+    foreground = sitk.GetArrayFromImage(sitk.OtsuThreshold(sitk.Cast(image, sitk.sitkFloat32), 0, 1))
+    kk, jj, ii = np.nonzero(foreground[::step, ::step, ::step])
+    weights = np.ones(len(kk))
+    idx = np.stack([ii, jj, kk], axis=1).astype(np.float64) * step
+    d = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    p = np.asarray(image.GetOrigin()) + (idx * np.asarray(image.GetSpacing())) @ d.T
+    total = weights.sum()
+    centre = (weights[:, None] * p).sum(0) / total
+    q = p - centre
+    inertia = (weights[:, None, None] * (q[:, :, None] * q[:, None, :])).sum(0) / total
+    return centre, inertia
+
+
+def pose_difference(fixed: sitk.Image, moving: sitk.Image) -> dict:
+    """How far the two images' poses differ by the moments of their foregrounds: ``offset_mm`` (centres),
+    ``scale`` (relative difference of their linear sizes), ``shape`` (of their normalised inertia), and
+    ``differs`` against :data:`POSE_LIMITS`."""
+    cf, inf = _moments(fixed)
+    cm, inm = _moments(moving)
+    size = (lambda m: float(np.linalg.det(m)) ** (1.0 / 6.0))
+    out = {"offset_mm": float(np.linalg.norm(cm - cf)), "scale": abs(size(inm) / size(inf) - 1.0),
+           "shape": float(np.linalg.norm(inm / np.trace(inm) - inf / np.trace(inf)))}
+    out["differs"] = any(out[k] > v for k, v in POSE_LIMITS.items())
+    return out
+
+
 def affine_stage(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Image] = None,
                  moving_mask: Optional[sitk.Image] = None, initial: Optional[np.ndarray] = None,
                  seed: int = 0) -> Tuple[np.ndarray, dict]:
