@@ -66,7 +66,7 @@ class Profile:
     constant_lr: bool = False
     regularizers: Dict[str, Dict[str, float]] = field(default_factory=dict)
     """Per regulariser, what differs from the profile for it: ``alpha`` (its weight under this schedule, instead
-    of the compat table's), ``tol`` (its stopping rule)."""
+    of the compat table's), ``omega``, ``tol`` (its stopping rule)."""
 
 
 PAPER = Profile(hidden=(256, 256, 256), omega=32.0, epochs=2500, points=10_000, lr=1e-4,
@@ -76,7 +76,10 @@ AUTO: Dict[str, Profile] = {
     # measured with benchmarks/peers.py on the 2-core CPU (README, "Time to accuracy"): a small network, few
     # points, a blurred stage then a sharp one, Adam warmed up to 5e-4 and decayed by a cosine
     "cpu": Profile(hidden=(48, 48, 48), omega=32.0, epochs=400, points=1500, lr=5e-4,
-                   stages=((0.4, 0.5, 2.0), (0.6, 1.0, 0.0)), tol=1e-4),
+                   stages=((0.4, 0.5, 2.0), (0.6, 1.0, 0.0)), tol=1e-4,
+                   # first-order penalties do not damp curvature: a lower ω keeps the SIREN from fitting noise
+                   # (benchmarks/results/peers_20261202T01*.json, docs/measurements.md)
+                   regularizers={"jacobian": {"omega": 16.0}, "hyperelastic": {"omega": 16.0, "alpha": 0.1}}),
     # on a GPU the paper's schedule until a GPU session measures a staged one (idir-fast doctor --gpu-acceptance)
     "cuda": PAPER,
 }

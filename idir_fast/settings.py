@@ -197,7 +197,7 @@ class RunSettings:
             self,
             schedule=self.schedule_name,
             epochs=self.epochs or profile.epochs, batch_size=self.batch_size or profile.points,
-            hidden=self.hidden or profile.hidden, omega=self.omega or profile.omega,
+            hidden=self.hidden or profile.hidden, omega=self.omega or own.get("omega", profile.omega),
             tol=own.get("tol", profile.tol) if self.tol is None else self.tol,
             alpha=own.get("alpha", self.regularizer_spec.default_alpha(self.compat)) if self.alpha is None
             else self.alpha,

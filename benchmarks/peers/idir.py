@@ -30,6 +30,10 @@ PROFILES = {
        for alpha in alphas},
     **{f"{reg}-a{alpha:g}-notol": dict(regularizer=reg, alpha=alpha, tol=0.0)
        for reg, alpha in (("jacobian", 0.05), ("jacobian", 0.002), ("hyperelastic", 0.25), ("hyperelastic", 0.01))},
+    # the same time budget as bending (order-1 steps cost about half), and a lower frequency
+    **{f"{reg}-a{alpha:g}-e{epochs}-w{omega:g}": dict(regularizer=reg, alpha=alpha, epochs=epochs, omega=omega)
+       for reg, alphas in (("jacobian", (0.05, 0.02)), ("hyperelastic", (0.25, 0.1)))
+       for alpha in alphas for epochs in (400, 800) for omega in (32.0, 16.0)},
     "jacobian": dict(regularizer="jacobian"),
     "hyperelastic": dict(regularizer="hyperelastic"),
     # the convention check: a small fixed setting
