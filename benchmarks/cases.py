@@ -229,9 +229,38 @@ def warp_labels(labels: sitk.Image, mapping_inverse) -> sitk.Image:
     return img
 
 
+LIA_DIRECTION = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, -1.0, 0.0)
+"""The shared T1's voxel axes in LPS: i → left, j → inferior, k → anterior (FreeSurfer's conformed "LIA")."""
+
+
+def brain_axes(labels: sitk.Image) -> str:
+    """The anatomical direction in which each voxel axis of an aseg label map increases, from where its structures
+    lie (left hemisphere labels 2/3 vs right 41/42; brainstem 16 below the brain's centre; cerebellum 8/47 behind
+    the brainstem): e.g. ``"LIA"``."""
+    arr = sitk.GetArrayViewFromImage(labels)
+    centre = lambda values: np.argwhere(np.isin(arr, values))[:, ::-1].mean(axis=0)  # (i, j, k)  # noqa: E731
+    brain = centre([v for v in np.unique(arr) if v > 0])
+    axes = ["?"] * 3
+    for offset, (pos, neg) in ((centre([2, 3]) - centre([41, 42]), "LR"), (centre([16]) - brain, "IS"),
+                               (centre([16]) - centre([8, 47]), "AP")):
+        axis = int(np.argmax(np.abs(offset)))
+        axes[axis] = pos if offset[axis] > 0 else neg
+    return "".join(axes)
+
+
 def _brain(data: Optional[str]):
+    """The shared T1, its labels and brain mask, in their true anatomical orientation.
+
+    The files' header carries an identity affine (as the VoxelMorph project saved its arrays), which SimpleITK reads
+    as "RAS"; the labels say the voxel axes are LIA. A self-pair does not care, an inter-subject pair with a template
+    in its true frame does, so the direction is set from the anatomy (and checked, should the file change)."""
     t1 = sitk.Cast(sitk.ReadImage(str(data_file(data, *BRAIN_FILES[0]))), sitk.sitkFloat32)
     labels = sitk.ReadImage(str(data_file(data, *BRAIN_FILES[1])))
+    axes = brain_axes(labels)
+    if axes != "LIA":
+        raise ValueError(f"the shared brain labels lie along {axes}, not LIA as benchmarks/cases.py expects")
+    for img in (t1, labels):
+        img.SetDirection(LIA_DIRECTION)
     return t1, labels, sitk.Cast(labels > 0, sitk.sitkUInt8)
 
 

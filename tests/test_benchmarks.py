@@ -46,3 +46,29 @@ def test_throughput_quick_run_measures_each_mode_and_condition(tmp_path):
     assert got == {(c, m) for c in ("idle", "busy") for m in ("register-1", "cohort-1x1")}
     for r in record["rows"]:
         assert r["failed"] == 0 and r["pairs_per_hour"] > 0 and r["peak_rss_mib"] > 0 and r["tre_mean_mm"] > 0
+
+
+def test_idir_profiles_by_name_or_ad_hoc_settings():
+    from benchmarks.peers.idir import PROFILES, profile_settings
+
+    assert profile_settings("detect") == PROFILES["detect"]
+    assert profile_settings("epochs=800:hidden=96x96x96:lr=0.001:affine=detect") == dict(
+        epochs=800, hidden=(96, 96, 96), lr=0.001, affine="detect")
+    with pytest.raises(ValueError, match="unknown idir profile 'nonsense'"):
+        profile_settings("nonsense")
+
+
+def test_brain_axes_read_from_where_the_structures_lie():
+    import numpy as np
+    import SimpleITK as sitk
+
+    from benchmarks.cases import brain_axes
+
+    # a toy aseg in LIA voxel order: i → left, j → inferior, k → anterior; array index order is (k, j, i)
+    arr = np.zeros((20, 20, 20), np.uint8)
+    arr[8:12, 4:10, 12:16] = 3    # left cortex at high i
+    arr[8:12, 4:10, 4:8] = 42     # right cortex at low i
+    arr[10:13, 14:17, 9:11] = 16  # brainstem low in the head: high j
+    arr[3:6, 13:16, 8:12] = 47    # cerebellum behind the brainstem: low k
+    assert brain_axes(sitk.GetImageFromArray(arr)) == "LIA"
+    assert brain_axes(sitk.GetImageFromArray(np.ascontiguousarray(arr[::-1, ::-1, ::-1]))) == "RSP"

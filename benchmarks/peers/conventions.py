@@ -2,7 +2,7 @@
 
 An image and a copy of it shifted by a known world vector (SimpleITK resampling, so ``moving(y) = fixed(y − s)``
 and a fixed point ``x`` corresponds to ``x + s``), on two geometries (identity direction with anisotropic voxels;
-x/y flipped as a RAS-stored NIfTI read into LPS). Each tool registers the pair and maps the fixed points; the
+x/y flipped as a RAS-stored NIfTI read into LPS; axes permuted as FreeSurfer's conformed "LIA" brains). Each tool registers the pair and maps the fixed points; the
 residual against ``x + s`` must be a fraction of a voxel. ANTs' wrong recipes are reported beside its right one to
 show the check tells them apart; elastix is gated on its affine stage alone (an unregularised B-spline adds
 registration error on a pure shift that is not a convention matter).
@@ -26,6 +26,8 @@ GEOMETRIES = (
          origin=(-31.0, 47.5, 12.0), direction=None),
     dict(name="x/y flipped direction, 2.2×2×2 mm", size_xyz=(34, 40, 36), spacing=(2.2, 2.0, 2.0),
          origin=(40.0, -12.5, -80.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1)),
+    dict(name="permuted LIA direction, 2×2.2×2 mm", size_xyz=(34, 36, 40), spacing=(2.0, 2.2, 2.0),
+         origin=(-20.0, 30.0, 25.0), direction=(1, 0, 0, 0, 0, -1, 0, -1, 0)),
 )
 
 

@@ -41,6 +41,27 @@ PROFILES = {
 }
 
 
+def profile_settings(profile: str) -> dict:
+    """The keyword arguments of ``profile``: a name of :data:`PROFILES`, or ad-hoc settings for a sweep,
+    ``key=value`` pairs joined by ``:`` (tuples with ``x``), e.g. ``epochs=800:hidden=96x96x96:affine=detect``."""
+    if profile in PROFILES:
+        return dict(PROFILES[profile])
+    if "=" not in profile:
+        raise ValueError(f"unknown idir profile {profile!r}; known: {', '.join(PROFILES)} (or key=value:key=value)")
+
+    def value(text: str):
+        if "x" in text and all(part.replace(".", "", 1).isdigit() for part in text.split("x")):
+            return tuple(value(part) for part in text.split("x"))
+        for cast in (int, float):
+            try:
+                return cast(text)
+            except ValueError:
+                pass
+        return text
+
+    return {key: value(text) for key, text in (item.split("=", 1) for item in profile.split(":"))}
+
+
 def unavailable() -> Optional[str]:
     return None
 
@@ -49,7 +70,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, *, threads
              profile: str = "default", device: str = "cpu") -> Registered:
     import idir_fast
 
-    settings = dict(PROFILES[profile])
+    settings = profile_settings(profile)
     with Stopwatch() as sw:
         reg = idir_fast.register(fixed, moving, mask, progress=False, device=device, threads=threads, **settings)
     used = {k: v for k, v in reg.record.settings_dict().items() if k != "versions"}
