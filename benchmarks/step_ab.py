@@ -3,11 +3,13 @@
     git worktree add /tmp/before <commit>    # and build its extension: python setup.py build_ext --inplace
     python benchmarks/step_ab.py --before /tmp/before [--after .] [--sizes 1500:48x48x48,10000:256x256x256]
                                  [--regularizers bending] [--rounds 5] [--steps 10] [--threads 2]
+    python benchmarks/step_ab.py --before . --env-before IDIR_FAST_CPU_FUSED=1 --env-after IDIR_FAST_CPU_FUSED=0
 
 Each round starts one fresh process per tree (alternating which goes first), each importing ``idir_fast`` from its
 tree (``PYTHONPATH``, run from a neutral folder), building the ``torch`` backend's step on the benchmark's
 synthetic problem (:func:`idir_fast.apps.bench.make_step`), warming up and timing ``--steps`` steps. The medians
-over rounds are compared as after/before. Writes ``results/step_ab_<stamp>.json``.
+over rounds are compared as after/before; ``--env-before``/``--env-after`` set environment variables of one side
+(one tree under two settings). Writes ``results/step_ab_<stamp>.json``.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,8 +49,8 @@ def probe(regularizer: str, n: int, hidden: str, threads: int, steps: int) -> No
     print(json.dumps({"ms": 1000 * statistics.median(times), "package": idir_fast.__file__}))
 
 
-def _run_probe(tree: str, args: list, work: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()))
+def _run_probe(tree: str, args: list, work: str, extra_env: Optional[dict] = None) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()), **(extra_env or {}))
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--probe", *map(str, args)], cwd=work,
                          env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -63,6 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--env-before", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--env-after", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--probe", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.probe:
@@ -74,6 +79,8 @@ def main(argv=None) -> int:
     from idir_fast.environment import machine_info
 
     trees = {"before": a.before, "after": a.after}
+    envs = {"before": dict(kv.split("=", 1) for kv in a.env_before),
+            "after": dict(kv.split("=", 1) for kv in a.env_after)}
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for item in a.sizes.split(","):
@@ -82,7 +89,7 @@ def main(argv=None) -> int:
                 times = {"before": [], "after": []}
                 for r in range(a.rounds):
                     for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
-                        got = _run_probe(trees[name], [reg, n, hidden, a.threads, a.steps], work)
+                        got = _run_probe(trees[name], [reg, n, hidden, a.threads, a.steps], work, envs[name])
                         times[name].append(got["ms"])
                 med = {k: statistics.median(v) for k, v in times.items()}
                 rows.append({"points": int(n), "hidden": hidden, "regularizer": reg, "ms": times, "median_ms": med,
@@ -92,7 +99,7 @@ def main(argv=None) -> int:
     Path(a.out).mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = Path(a.out) / f"step_ab_{stamp}.json"
-    path.write_text(json.dumps({"trees": trees, "rounds": a.rounds, "steps": a.steps, "threads": a.threads,
+    path.write_text(json.dumps({"trees": trees, "environment": envs, "rounds": a.rounds, "steps": a.steps, "threads": a.threads,
                                 "machine": machine_info("cpu"), "rows": rows}, indent=2) + "\n")
     print(f"written {path}")
     return 0

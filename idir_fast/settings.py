@@ -108,8 +108,9 @@ class RunSettings:
         "or ieee)", choices=list(backends.PRECISIONS))
     cpu_kernels: Optional[str] = _setting(
         None, "the stream algebra of a CPU step: fused (compiled kernels, the step's large tensors made once and "
-        "reused) or ops (PyTorch's ops: the same maths in another float32 rounding order) (default: fused, or "
-        "ops with IDIR_FAST_CPU_FUSED=0)", choices=["fused", "ops"])
+        "reused), ops (PyTorch's ops: the same maths in another float32 rounding order) or auto (fused up to the "
+        "size where ops become faster: 96 units wide, or points × width ≤ 200,000) (default: auto; "
+        "IDIR_FAST_CPU_FUSED=1/0 gives fused/ops)", choices=["auto", "fused", "ops"])
     threads: Any = _setting(
         None, "CPU threads of the run: auto (the cores this process may use — affinity mask, cgroup CPU quota — "
         "divided among the cohort's workers, one fewer while the run's threads queue behind other busy processes) "
@@ -193,11 +194,17 @@ class RunSettings:
         """A copy with every derived value filled in and the device checked against this machine."""
         profile, compat = self.profile, self.compat_profile
         own = profile.regularizers.get(self.regularizer, {}) if self.compat is None else {}
+        hidden, points = self.hidden or profile.hidden, self.batch_size or profile.points
+        cpu_kernels = self.cpu_kernels
+        if cpu_kernels == "auto":
+            from .ops.siren_streams import fused_pays
+
+            cpu_kernels = "fused" if fused_pays(points, max(hidden)) else "ops"
         return dataclasses.replace(
             self,
-            schedule=self.schedule_name,
-            epochs=self.epochs or profile.epochs, batch_size=self.batch_size or profile.points,
-            hidden=self.hidden or profile.hidden, omega=self.omega or own.get("omega", profile.omega),
+            schedule=self.schedule_name, cpu_kernels=cpu_kernels,
+            epochs=self.epochs or profile.epochs, batch_size=points,
+            hidden=hidden, omega=self.omega or own.get("omega", profile.omega),
             tol=own.get("tol", profile.tol) if self.tol is None else self.tol,
             alpha=own.get("alpha", self.regularizer_spec.default_alpha(self.compat)) if self.alpha is None
             else self.alpha,
@@ -253,7 +260,7 @@ class RunSettings:
         return dataclasses.replace(settings, **options) if options else settings
 
 
-_BUILT_IN_DEFAULTS = {"backend": "auto", "cpu_kernels": "fused", "threads": "auto", "self_check": True,
+_BUILT_IN_DEFAULTS = {"backend": "auto", "cpu_kernels": "auto", "threads": "auto", "self_check": True,
                       "memory_check": True}
 """Defaults of the fields whose default an environment variable may give (:mod:`idir_fast.config`)."""
 

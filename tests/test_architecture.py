@@ -22,7 +22,7 @@ ALLOWED = {
     "environment": set(),
     "memory": {"core"},
     "schedule": set(),
-    "settings": {"core", "backends", "kernels", "schedule"},
+    "settings": {"core", "ops", "backends", "kernels", "schedule"},
     "io": {"core", "memory"},
     "data": {"core", "io"},
     "optim": {"core", "ops", "kernels", "backends", "settings", "io", "schedule"},

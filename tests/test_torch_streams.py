@@ -219,3 +219,19 @@ def test_fused_cpu_kernels_reject_bad_arguments():
         ext.sine_streams_forward(z, torch.empty(0), sc, sc, 1.0, 2)
     with pytest.raises(RuntimeError, match="must have the dtype of 'z'"):
         ext.sine_streams_forward(z, torch.empty(0), sc.double(), sc, 1.0, 1)
+
+
+def test_cpu_kernels_auto_resolves_by_the_measured_size_rule():
+    from idir_fast.ops.siren_streams import FUSED_MAX_ELEMENTS, FUSED_MAX_WIDTH, fused_pays
+    from idir_fast.errors import InputError
+    from idir_fast.settings import RunSettings
+
+    assert RunSettings().cpu_kernels == "auto"
+    assert RunSettings().resolved().cpu_kernels == "fused"  # the CPU default: 1,500 points × 3×48
+    assert RunSettings(schedule="paper").resolved().cpu_kernels == "ops"  # 10,000 × 3×256
+    assert RunSettings(cpu_kernels="fused", schedule="paper").resolved().cpu_kernels == "fused"  # explicit wins
+    assert RunSettings(cpu_kernels="ops").resolved().cpu_kernels == "ops"
+    assert fused_pays(10**6, FUSED_MAX_WIDTH) and not fused_pays(FUSED_MAX_ELEMENTS // 128 + 1, 128)
+    assert fused_pays(FUSED_MAX_ELEMENTS // 128, 128)
+    with pytest.raises(InputError, match="'cpu_kernels' must be one of"):
+        RunSettings(cpu_kernels="fast")

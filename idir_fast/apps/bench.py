@@ -93,8 +93,8 @@ def make_step(backend_name: str, regularizer: Optional[str], n_points: int, hidd
               seed: int = 0, precision: Optional[str] = None):
     """The registration loop's step on a synthetic problem: ``(step, pair)``; the backend must be available."""
     device = torch.device(device)
-    settings = RunSettings(regularizer=regularizer, hidden=tuple(hidden), backend=backend_name, device=str(device),
-                           precision=precision, lr=1e-4).resolved()
+    settings = RunSettings(regularizer=regularizer, hidden=tuple(hidden), batch_size=n_points, backend=backend_name,
+                           device=str(device), precision=precision, lr=1e-4).resolved()
     pair = synthetic_pair(n_points, device, seed=seed)
     torch.manual_seed(seed)
     siren = Siren(hidden).to(device)

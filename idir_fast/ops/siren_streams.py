@@ -268,6 +268,18 @@ class _CpuStreamsFunction(torch.autograd.Function):
         return (None, None, None, None, *grads)
 
 
+FUSED_MAX_WIDTH = 96
+FUSED_MAX_ELEMENTS = 200_000
+"""``cpu_kernels="auto"``: the compiled kernels for networks up to :data:`FUSED_MAX_WIDTH` wide at any point count,
+wider ones while points × widest layer ≤ :data:`FUSED_MAX_ELEMENTS`; PyTorch's ops beyond, where ATen's element-wise
+ops run the larger stream tensors faster than the fused pass (docs/measurements.md, "Fused CPU kernels")."""
+
+
+def fused_pays(points: int, widest: int) -> bool:
+    """Whether the fused CPU kernels are the faster choice for a step of ``points`` through ``widest`` units."""
+    return widest <= FUSED_MAX_WIDTH or points * widest <= FUSED_MAX_ELEMENTS
+
+
 def fused_available(x: torch.Tensor, params: Sequence[torch.Tensor] = ()) -> bool:
     """Whether :func:`siren_streams_fused` can run for points ``x``: CPU tensors of float32/float64 and the
     compiled op built with its stream kernels."""
