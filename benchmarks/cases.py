@@ -173,6 +173,22 @@ def pick_landmarks(image: sitk.Image, mask: sitk.Image, n: int, rng, margin_mm: 
     return world_points(image, np.stack([ii, jj, kk], 1).astype(float))
 
 
+def image_centre(image: sitk.Image) -> np.ndarray:
+    """The world point (LPS mm) at the centre of ``image``'s voxel grid."""
+    return world_points(image, ((np.asarray(image.GetSize()) - 1) / 2.0)[None])[0]
+
+
+def deformed_with_noise(fixed: sitk.Image, phi, noise: float, rng: np.random.Generator) -> sitk.Image:
+    """``fixed`` warped by the known map ``phi`` (``moving(Φ(x)) = fixed(x)``), plus Gaussian noise σ = ``noise``."""
+    moving = warp_image(fixed, phi.inverse, background=0.0)
+    if noise > 0:
+        arr = sitk.GetArrayFromImage(moving) + rng.normal(scale=noise, size=moving.GetSize()[::-1])
+        noisy = sitk.GetImageFromArray(arr.astype(np.float32))
+        noisy.CopyInformation(moving)
+        moving = noisy
+    return moving
+
+
 def blobs_case(amplitude_mm: float = 3.0, num_landmarks: int = 100, noise: float = 2.0, seed: int = 0) -> Case:
     """The smooth non-lung pair: :func:`blob_texture` deformed by :class:`SineDeformation`.
 
@@ -181,14 +197,9 @@ def blobs_case(amplitude_mm: float = 3.0, num_landmarks: int = 100, noise: float
     """
     rng = np.random.default_rng(seed)
     fixed, mask = blob_texture(seed=seed)
-    centre = world_points(fixed, ((np.asarray(fixed.GetSize()) - 1) / 2.0)[None])[0]
+    centre = image_centre(fixed)
     phi = SineDeformation(centre, amplitude_mm=amplitude_mm)
-    moving = warp_image(fixed, phi.inverse, background=0.0)
-    if noise > 0:
-        arr = sitk.GetArrayFromImage(moving) + rng.normal(scale=noise, size=moving.GetSize()[::-1])
-        noisy = sitk.GetImageFromArray(arr.astype(np.float32))
-        noisy.CopyInformation(moving)
-        moving = noisy
+    moving = deformed_with_noise(fixed, phi, noise, rng)
     fixed_lm = pick_landmarks(fixed, mask, num_landmarks, rng)
     return Case("blobs", fixed, moving, mask, fixed_lm, phi(fixed_lm),
                 f"Gaussian-blob texture {fixed.GetSize()} at {fixed.GetSpacing()} mm, sine displacement "
@@ -270,15 +281,10 @@ def brain_case(amplitude_mm: float = 4.0, data: Optional[str] = None, seed: int 
     its labels carried by the same map; noise σ = ``noise`` (intensities in [0, 1]) on the moving image."""
     fixed, labels, mask = _brain(data)
     rng = np.random.default_rng(seed)
-    centre = world_points(fixed, ((np.asarray(fixed.GetSize()) - 1) / 2.0)[None])[0]
+    centre = image_centre(fixed)
     phi = SineDeformation(centre, amplitude_mm=amplitude_mm, wavelength_mm=wavelength_mm,
                           phases=tuple(rng.uniform(0, 2 * np.pi, 3)))
-    moving = warp_image(fixed, phi.inverse, background=0.0)
-    if noise > 0:
-        arr = sitk.GetArrayFromImage(moving) + rng.normal(scale=noise, size=moving.GetSize()[::-1])
-        noisy = sitk.GetImageFromArray(arr.astype(np.float32))
-        noisy.CopyInformation(moving)
-        moving = noisy
+    moving = deformed_with_noise(fixed, phi, noise, rng)
     fixed_lm = pick_landmarks(fixed, mask, num_landmarks, rng, margin_mm=4.0)
     return Case(f"brain-{amplitude_mm:g}mm", fixed, moving, mask, fixed_lm, phi(fixed_lm),
                 f"brain T1 {fixed.GetSize()} at 1 mm deformed by a sine displacement of {amplitude_mm:g} mm "
@@ -312,8 +318,7 @@ def icbm_case(data: Optional[str] = None) -> Case:
     t1, gm, wm = icbm_template()
     # the template in MNI coordinates, the subject in its own: centre the template on the subject (a translation),
     # so every tool starts from the same pose, as users centre images before an affine stage
-    centre = (lambda img: world_points(img, ((np.asarray(img.GetSize()) - 1) / 2.0)[None])[0])
-    shift = centre(fixed) - centre(t1)
+    shift = image_centre(fixed) - image_centre(t1)
     for img in (t1, gm, wm):
         img.SetOrigin(tuple(np.asarray(img.GetOrigin()) + shift))
     tissue = sitk.Cast(gm > 0.5, sitk.sitkUInt8) + 2 * sitk.Cast(wm > 0.5, sitk.sitkUInt8)

@@ -109,7 +109,7 @@ class RunSettings:
     cpu_kernels: Optional[str] = _setting(
         None, "the stream algebra of a CPU step: fused (compiled kernels, the step's large tensors made once and "
         "reused), ops (PyTorch's ops: the same maths in another float32 rounding order) or auto (fused up to the "
-        "size where ops become faster: 96 units wide, or points × width ≤ 200,000) (default: auto; "
+        "network size where ops become faster, ops.siren_streams.fused_pays) (default: auto; "
         "IDIR_FAST_CPU_FUSED=1/0 gives fused/ops)", choices=["auto", "fused", "ops"])
     threads: Any = _setting(
         None, "CPU threads of the run: auto (the cores this process may use — affinity mask, cgroup CPU quota — "
