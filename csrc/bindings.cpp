@@ -13,6 +13,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "grad_index (N,3) = sample_ncc_backward(fixed_values, values, gradients, coef (4,) float64 = [a, b, f_mean, "
         "m_mean])",
         py::arg("fixed_values"), py::arg("values"), py::arg("gradients"), py::arg("coef"));
+  m.def("trilinear_forward", &trilinear_forward,
+        "values (N,), gradients (N,3) = trilinear_forward(volume (nz,ny,nx), index (N,3))", py::arg("volume"),
+        py::arg("index"));
   m.def("sine_streams_forward", &sine_streams_forward,
         "a (S,N,M) = sine_streams_forward(z (S,N,M), w0 (M,3) or empty, sin_z (N,M), cos_z (N,M) = ω cos, omega, "
         "order)",

@@ -58,6 +58,17 @@ __global__ void __launch_bounds__(kThreads) sample_ncc_bwd_kernel(const T* __res
   }
 }
 
+template <typename T>
+__global__ void __launch_bounds__(kThreads) trilinear_fwd_kernel(const T* __restrict__ vol, int nx, int ny, int nz,
+                                                                 const T* __restrict__ index, int64_t n,
+                                                                 T* __restrict__ values, T* __restrict__ grads) {
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k < n) {
+    trilinear_value_grad<T>(vol, nx, ny, nz, index[3 * k], index[3 * k + 1], index[3 * k + 2], values + k,
+                            grads + 3 * k, grads + 3 * k + 1, grads + 3 * k + 2);
+  }
+}
+
 inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 }  // namespace
@@ -79,6 +90,18 @@ cudaError_t sample_ncc_backward_launch(const T* fixed, const T* values, const T*
   return cudaGetLastError();
 }
 
+template <typename T>
+cudaError_t trilinear_forward_launch(const T* vol, int nx, int ny, int nz, const T* index, int64_t n, T* values,
+                                     T* grads, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  trilinear_fwd_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(vol, nx, ny, nz, index, n, values, grads);
+  return cudaGetLastError();
+}
+
+template cudaError_t trilinear_forward_launch<float>(const float*, int, int, int, const float*, int64_t, float*,
+                                                     float*, cudaStream_t);
+template cudaError_t trilinear_forward_launch<double>(const double*, int, int, int, const double*, int64_t,
+                                                      double*, double*, cudaStream_t);
 template cudaError_t sample_ncc_forward_launch<float>(const float*, int, int, int, const float*, const float*,
                                                       int64_t, float*, float*, double*, cudaStream_t);
 template cudaError_t sample_ncc_forward_launch<double>(const double*, int, int, int, const double*, const double*,

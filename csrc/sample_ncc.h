@@ -20,7 +20,15 @@ std::vector<at::Tensor> sample_ncc_forward_cpu(const at::Tensor& moving, const a
 at::Tensor sample_ncc_backward_cpu(const at::Tensor& fixed_values, const at::Tensor& values,
                                    const at::Tensor& gradients, const at::Tensor& coef);
 
+// Trilinear sampling alone (the local NCC's neighbourhoods, the weighted NCC): value and index-frame gradient of
+// the same interpolant (sample_ncc_math.h) at every point.
+//   volume: (nz, ny, nx) float32/float64, contiguous.
+//   index:  (N, 3) same dtype and device, contiguous — voxel indices (x, y, z).
+// Returns {values (N,), gradients (N, 3)}.
+std::vector<at::Tensor> trilinear_forward_cpu(const at::Tensor& volume, const at::Tensor& index);
+
 #ifdef WITH_CUDA
+std::vector<at::Tensor> trilinear_forward_cuda(const at::Tensor& volume, const at::Tensor& index);
 std::vector<at::Tensor> sample_ncc_forward_cuda(const at::Tensor& moving, const at::Tensor& index,
                                                 const at::Tensor& fixed_values);
 at::Tensor sample_ncc_backward_cuda(const at::Tensor& fixed_values, const at::Tensor& values,
@@ -92,4 +100,29 @@ inline at::Tensor sample_ncc_backward(const at::Tensor& fixed_values, const at::
 #endif
   }
   return sample_ncc_backward_cpu(fixed_values, values, gradients, coef);
+}
+
+inline std::vector<at::Tensor> trilinear_forward(const at::Tensor& volume, const at::Tensor& index) {
+  TORCH_CHECK(volume.dim() == 3, "trilinear_forward: 'volume' must be a 3-D volume (nz, ny, nx), got ",
+              volume.dim(), "-D");
+  TORCH_CHECK(volume.size(0) >= 2 && volume.size(1) >= 2 && volume.size(2) >= 2,
+              "trilinear_forward: 'volume' needs at least 2 voxels per axis, got ", volume.sizes());
+  TORCH_CHECK(index.dim() == 2 && index.size(1) == 3, "trilinear_forward: 'index' must have shape (N, 3), got ",
+              index.sizes());
+  TORCH_CHECK(volume.scalar_type() == at::kFloat || volume.scalar_type() == at::kDouble,
+              "trilinear_forward: 'volume' must be float32 or float64, got ", volume.scalar_type());
+  TORCH_CHECK(index.scalar_type() == volume.scalar_type(), "trilinear_forward: 'index' must have the dtype of "
+              "'volume' (", volume.scalar_type(), "), got ", index.scalar_type());
+  TORCH_CHECK(index.device() == volume.device(), "trilinear_forward: 'volume' and 'index' must be on one device, "
+              "got ", volume.device(), " and ", index.device());
+  TORCH_CHECK(volume.is_contiguous() && index.is_contiguous(),
+              "trilinear_forward: 'volume' and 'index' must be contiguous");
+  if (volume.is_cuda()) {
+#ifdef WITH_CUDA
+    return trilinear_forward_cuda(volume, index);
+#else
+    TORCH_CHECK(false, "trilinear_forward: idir_fast was built without CUDA support");
+#endif
+  }
+  return trilinear_forward_cpu(volume, index);
 }

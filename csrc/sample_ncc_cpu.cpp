@@ -50,7 +50,29 @@ void backward_loop(const T* fixed, const T* values, const T* grads, int64_t n, c
   });
 }
 
+template <typename T>
+void sample_loop(const T* vol, int nx, int ny, int nz, const T* index, int64_t n, T* values, T* grads) {
+  at::parallel_for(0, n, 4 * kChunk, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      idir::trilinear_value_grad<T>(vol, nx, ny, nz, index[3 * k], index[3 * k + 1], index[3 * k + 2], values + k,
+                                    grads + 3 * k, grads + 3 * k + 1, grads + 3 * k + 2);
+    }
+  });
+}
+
 }  // namespace
+
+std::vector<at::Tensor> trilinear_forward_cpu(const at::Tensor& volume, const at::Tensor& index) {
+  const int64_t n = index.size(0);
+  auto values = at::empty({n}, volume.options());
+  auto grads = at::empty({n, 3}, volume.options());
+  const int nz = volume.size(0), ny = volume.size(1), nx = volume.size(2);
+  AT_DISPATCH_FLOATING_TYPES(volume.scalar_type(), "trilinear_forward_cpu", [&] {
+    sample_loop<scalar_t>(volume.data_ptr<scalar_t>(), nx, ny, nz, index.data_ptr<scalar_t>(), n,
+                          values.data_ptr<scalar_t>(), grads.data_ptr<scalar_t>());
+  });
+  return {values, grads};
+}
 
 std::vector<at::Tensor> sample_ncc_forward_cpu(const at::Tensor& moving, const at::Tensor& index,
                                                const at::Tensor& fixed_values) {

@@ -5,6 +5,22 @@
 #include "sample_ncc.h"
 #include "sample_ncc_cuda.h"
 
+std::vector<at::Tensor> trilinear_forward_cuda(const at::Tensor& volume, const at::Tensor& index) {
+  const c10::cuda::CUDAGuard guard(volume.device());
+  const int64_t n = index.size(0);
+  auto values = at::empty({n}, volume.options());
+  auto grads = at::empty({n, 3}, volume.options());
+  const int nz = volume.size(0), ny = volume.size(1), nx = volume.size(2);
+  auto stream = at::cuda::getCurrentCUDAStream().stream();
+  AT_DISPATCH_FLOATING_TYPES(volume.scalar_type(), "trilinear_forward_cuda", [&] {
+    const cudaError_t err = idir::trilinear_forward_launch<scalar_t>(
+        volume.data_ptr<scalar_t>(), nx, ny, nz, index.data_ptr<scalar_t>(), n, values.data_ptr<scalar_t>(),
+        grads.data_ptr<scalar_t>(), stream);
+    TORCH_CHECK(err == cudaSuccess, "trilinear forward kernel failed: ", cudaGetErrorString(err));
+  });
+  return {values, grads};
+}
+
 std::vector<at::Tensor> sample_ncc_forward_cuda(const at::Tensor& moving, const at::Tensor& index,
                                                 const at::Tensor& fixed_values) {
   const c10::cuda::CUDAGuard guard(moving.device());

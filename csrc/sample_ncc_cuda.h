@@ -13,6 +13,11 @@ template <typename T>
 cudaError_t sample_ncc_forward_launch(const T* vol, int nx, int ny, int nz, const T* index, const T* fixed,
                                       int64_t n, T* values, T* grads, double* sums, cudaStream_t stream);
 
+// vol: nz*ny*nx; index: n*3. Outputs values: n; grads: n*3 (the interpolant's value and index-frame gradient).
+template <typename T>
+cudaError_t trilinear_forward_launch(const T* vol, int nx, int ny, int nz, const T* index, int64_t n, T* values,
+                                     T* grads, cudaStream_t stream);
+
 // out: n*3 = (a (f − f̄) + b (m − m̄)) ∇M per point; coef: 4 doubles in device memory, [a, b, f̄, m̄].
 template <typename T>
 cudaError_t sample_ncc_backward_launch(const T* fixed, const T* values, const T* grads, int64_t n,

@@ -12,8 +12,10 @@ Named schedules (``RunSettings.schedule``):
 * ``"paper"`` — one stage: the paper's settings (3×256, 10,000 points × 2500 steps, constant lr 1e-4, no early
   stop, the released code's initialisation scheme "siren"). Its accuracy is the package's reference figure.
 * ``"auto"`` — sized for the device (:data:`AUTO`): on a CPU a small network, few points and two stages (blurred
-  images, then sharp ones), measured against ANTs and elastix on the same machine; on a GPU, for now, the paper's
-  schedule (no GPU has measured a staged one yet).
+  images on the global NCC, then sharp ones on the global + local NCC), measured against ANTs and elastix on the
+  same machine; on a GPU, for now, the paper's schedule (no GPU has measured a staged one yet).
+* ``"fine"`` — :data:`FINE`: on a CPU a wider network, three times the steps and the local NCC in the sharp stage,
+  for inter-subject pairs where the last points of overlap matter more than time; on a GPU the paper's.
 
 Explicit ``epochs``, ``batch_size`` or ``lr`` override a schedule: ``epochs`` is the total (spread over the stages
 in the schedule's proportions), ``batch_size`` the last stage's points (earlier stages scaled alike), ``lr`` the
@@ -30,7 +32,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: ``epochs`` steps of ``points`` points on images smoothed by ``smoothing`` voxels, peak ``lr``."""
+    """One stage: ``epochs`` steps of ``points`` points on images smoothed by ``smoothing`` voxels, peak ``lr``,
+    the image ``similarity`` (:data:`idir_fast.core.objectives.SIMILARITIES`)."""
 
     epochs: int
     points: int
@@ -38,6 +41,7 @@ class Stage:
     lr: float
     warmup: int = 0
     constant_lr: bool = False
+    similarity: str = "ncc"
 
     def lr_at(self, epoch: int) -> float:
         """Linear warm-up over ``warmup`` steps, then a cosine from the peak to 5 % of it (or constant)."""
@@ -52,48 +56,65 @@ class Stage:
 @dataclass(frozen=True)
 class Profile:
     """A schedule for one kind of device: network, ω, and the stages as (share of epochs, share of points,
-    smoothing in voxels)."""
+    smoothing in voxels, similarity)."""
 
     hidden: Tuple[int, ...]
     omega: float
     epochs: int
     points: int
     lr: float
-    stages: Tuple[Tuple[float, float, float], ...]
+    stages: Tuple[Tuple[float, float, float, str], ...]
     tol: Optional[float]
     init: str = "identity"
     warmup: int = 20
     constant_lr: bool = False
+    lncc_spacing: float = 2.0
     regularizers: Dict[str, Dict[str, float]] = field(default_factory=dict)
     """Per regulariser, what differs from the profile for it: ``alpha`` (its weight under this schedule, instead
     of the compat table's), ``omega``, ``tol`` (its stopping rule)."""
 
 
 PAPER = Profile(hidden=(256, 256, 256), omega=32.0, epochs=2500, points=10_000, lr=1e-4,
-                stages=((1.0, 1.0, 0.0),), tol=None, init="siren", warmup=0, constant_lr=True)
+                stages=((1.0, 1.0, 0.0, "ncc"),), tol=None, init="siren", warmup=0, constant_lr=True)
+
+# first-order penalties do not damp curvature: a lower ω keeps the SIREN from fitting noise
+# (benchmarks/results/peers_20261202T01*.json, docs/measurements.md)
+_FIRST_ORDER = {"jacobian": {"omega": 16.0}, "hyperelastic": {"omega": 16.0, "alpha": 0.1}}
 
 AUTO: Dict[str, Profile] = {
-    # measured with benchmarks/peers.py on the 2-core CPU (README, "Time to accuracy"): a small network, few
-    # points, a blurred stage then a sharp one, Adam warmed up to 5e-4 and decayed by a cosine
+    # measured with benchmarks/peers on the 2-core CPU (docs/measurements.md): a small network, few points, a
+    # blurred stage on the global NCC (the large motion), then the sharp images on the global + local NCC (the
+    # fine alignment; the local term alone loses on smooth textures)
     "cpu": Profile(hidden=(48, 48, 48), omega=32.0, epochs=400, points=1500, lr=5e-4,
-                   stages=((0.4, 0.5, 2.0), (0.6, 1.0, 0.0)), tol=1e-4,
-                   # first-order penalties do not damp curvature: a lower ω keeps the SIREN from fitting noise
-                   # (benchmarks/results/peers_20261202T01*.json, docs/measurements.md)
-                   regularizers={"jacobian": {"omega": 16.0}, "hyperelastic": {"omega": 16.0, "alpha": 0.1}}),
+                   stages=((0.4, 0.5, 2.0, "ncc"), (0.6, 1.0, 0.0, "ncc+lncc")), tol=1e-4,
+                   regularizers=_FIRST_ORDER),
     # on a GPU the paper's schedule until a GPU session measures a staged one (idir-fast doctor --gpu-acceptance)
     "cuda": PAPER,
 }
+
+FINE: Dict[str, Profile] = {
+    # ~3–4× the time of "auto" on the CPU for the inter-subject brain's last Dice points: a wider network, three
+    # times the steps, the sharp stage on the local NCC of 7-voxel windows (docs/measurements.md)
+    "cpu": Profile(hidden=(64, 64, 64), omega=32.0, epochs=1200, points=1500, lr=5e-4,
+                   stages=((0.4, 0.5, 2.0, "ncc"), (0.6, 1.0, 0.0, "lncc")), tol=1e-4, lncc_spacing=3.0,
+                   regularizers=_FIRST_ORDER),
+    "cuda": PAPER,
+}
+
+SCHEDULES = ("auto", "fine", "paper")
 
 
 def profile_for(schedule: str, device_type: str) -> Profile:
     if schedule == "paper":
         return PAPER
-    return AUTO.get(device_type, AUTO["cpu"])
+    table = FINE if schedule == "fine" else AUTO
+    return table.get(device_type, table["cpu"])
 
 
 def build_stages(profile: Profile, epochs: Optional[int] = None, points: Optional[int] = None,
-                 lr: Optional[float] = None) -> List[Stage]:
-    """The stages of ``profile``, with explicit ``epochs`` (total), ``points`` (last stage) or ``lr`` (peak)."""
+                 lr: Optional[float] = None, similarity: Optional[str] = None) -> List[Stage]:
+    """The stages of ``profile``, with explicit ``epochs`` (total), ``points`` (last stage), ``lr`` (peak) or
+    ``similarity`` (every stage; ``None``/``"auto"``: the profile's)."""
     total = int(epochs or profile.epochs)
     last_points = int(points or profile.points)
     peak = float(lr or profile.lr)
@@ -101,9 +122,10 @@ def build_stages(profile: Profile, epochs: Optional[int] = None, points: Optiona
     counts = np.maximum(1, np.floor(total * shares / shares.sum()).astype(int))
     counts[-1] = max(1, total - int(counts[:-1].sum())) if len(counts) > 1 else total
     out = []
-    for (share, point_share, smoothing), n in zip(profile.stages, counts):
+    for (share, point_share, smoothing, own_similarity), n in zip(profile.stages, counts):
         out.append(Stage(epochs=int(n), points=max(1, int(round(last_points * point_share))), smoothing=smoothing,
-                         lr=peak, warmup=min(profile.warmup, int(n) // 4), constant_lr=profile.constant_lr))
+                         lr=peak, warmup=min(profile.warmup, int(n) // 4), constant_lr=profile.constant_lr,
+                         similarity=own_similarity if similarity in (None, "auto") else similarity))
     return out
 
 

@@ -59,12 +59,23 @@ class RunSettings:
         "bending", "regulariser on Φ: none, jacobian (|1 − det J|), hyperelastic (Burger et al.), bending (energy "
         "of the Hessian, paper eq. 3)", check=lambda v: _value_error(objectives.check_regularizer, v),
         choices=[r.label for r in objectives.REGULARIZERS.values()])
+    similarity: str = _setting(
+        "auto", "image similarity of every stage: ncc (global normalised cross-correlation, the paper), lncc (the "
+        "NCC of each point's 3×3×3 neighbourhood, averaged: robust to intensity that varies across the image, "
+        "finer alignment), ncc+lncc (their mean), or auto (the schedule's per stage)",
+        choices=["auto"] + list(objectives.SIMILARITIES))
+    lncc_spacing: Optional[float] = _setting(
+        None, "voxels (of the fixed image) between the samples of a local-NCC neighbourhood, a window of "
+        "2·spacing + 1 voxels per axis (default: from the schedule)", parse=float, shown="derived",
+        check=lambda v: _number(v, "lncc_spacing", "a finite positive number", lambda x: x > 0))
     alpha: Optional[float] = _setting(None, "regulariser weight α (default: per regulariser and compat, README)",
                                       check=lambda v: _number(v, "alpha", "a finite number ≥ 0", lambda x: x >= 0),
                                       parse=float, shown="derived")
     schedule: str = _setting(
         "auto", "auto: coarse-to-fine stages and a network sized for the device (README, 'Time to accuracy'); "
-        "paper: the paper's single stage (3×256, 10,000 points × 2500 steps, lr 1e-4)", choices=["auto", "paper"])
+        "fine: on a CPU a wider network, 3× the steps and the local NCC in the sharp stage (inter-subject pairs); "
+        "paper: the paper's single stage (3×256, 10,000 points × 2500 steps, lr 1e-4)",
+        choices=["auto", "fine", "paper"])
     epochs: Optional[int] = _setting(None, "optimisation steps in all, over every stage (default: from the "
                                            "schedule)", parse=int, check=lambda v: _positive_int(v, "epochs"),
                                      aliases=("--steps",))
@@ -165,8 +176,10 @@ class RunSettings:
 
     @property
     def order(self) -> int:
-        """Derivative order of Φ the regulariser needs (0, 1, 2)."""
-        return self.regularizer_spec.order
+        """Derivative order of Φ a step needs (0, 1, 2): the regulariser's, at least 1 when a stage uses the
+        local NCC (its neighbourhoods follow Φ's Jacobian)."""
+        local = any("lncc" in stage.similarity for stage in self.stages())
+        return max(self.regularizer_spec.order, 1 if local else 0)
 
     @property
     def compat_profile(self) -> CompatProfile:
@@ -188,7 +201,7 @@ class RunSettings:
         """The stages of the run (resolved settings): :func:`idir_fast.schedule.build_stages`."""
         from .schedule import build_stages
 
-        return build_stages(self.profile, self.epochs, self.batch_size, self.lr)
+        return build_stages(self.profile, self.epochs, self.batch_size, self.lr, self.similarity)
 
     def resolved(self) -> "RunSettings":
         """A copy with every derived value filled in and the device checked against this machine."""
@@ -205,6 +218,7 @@ class RunSettings:
             schedule=self.schedule_name, cpu_kernels=cpu_kernels,
             epochs=self.epochs or profile.epochs, batch_size=points,
             hidden=hidden, omega=self.omega or own.get("omega", profile.omega),
+            lncc_spacing=self.lncc_spacing or profile.lncc_spacing,
             tol=own.get("tol", profile.tol) if self.tol is None else self.tol,
             alpha=own.get("alpha", self.regularizer_spec.default_alpha(self.compat)) if self.alpha is None
             else self.alpha,

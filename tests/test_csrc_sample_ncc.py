@@ -103,6 +103,51 @@ def test_bad_input_gets_a_clear_error(args, pattern):
 
 
 @needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 17, 4099])
+def test_sampling_op_matches_the_interpolant_and_its_gradient(dtype, n, device):
+    """``_C.trilinear_forward`` (the local NCC's sampling) is the interpolant of sampling.py: values and index
+    gradients at interior points, on voxel planes, on the last plane and outside (border value, zero slope)."""
+    vol, idx, _ = _problem(dtype, n, device=device)
+    values, grads = ext.trilinear_forward(vol, idx)
+    assert values.shape == (n,) and grads.shape == (n, 3) and values.device.type == device
+    ref_v, ref_g = trilinear_with_gradient(vol.cpu(), idx.cpu())
+    assert torch.allclose(values.cpu(), ref_v, rtol=0, atol=TOL[dtype] * 10)
+    assert torch.allclose(grads.cpu(), ref_g, rtol=0, atol=TOL[dtype] * 10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_trilinear_has_the_reference_value_and_index_gradient(dtype, device):
+    """The backends' ``sample`` (compiled op where built) against autograd through the plain interpolant."""
+    vol, idx, _ = _problem(dtype, 500, seed=4)
+    a = idx.clone().requires_grad_(True)
+    ref = trilinear(vol, a)
+    (g_ref,) = torch.autograd.grad((ref * ref).sum(), a)
+    b = idx.clone().to(device).requires_grad_(True)
+    out = backends.get("torch").sample(vol.to(device), b)
+    (g_out,) = torch.autograd.grad((out * out).sum(), b)
+    assert torch.allclose(out.detach().cpu(), ref.detach(), rtol=0, atol=TOL[dtype] * 10)
+    assert torch.allclose(g_out.cpu(), g_ref, rtol=TOL[dtype] * 10, atol=TOL[dtype] * 10)
+
+
+@needs_ext
+@pytest.mark.parametrize("args,pattern", [
+    (lambda v, i: (v.float(), i), "'index' must have the dtype of 'volume'"),
+    (lambda v, i: (v.int(), i.int()), "must be float32 or float64"),
+    (lambda v, i: (v[0], i), "'volume' must be a 3-D volume"),
+    (lambda v, i: (v, i[:, :2].contiguous()), "'index' must have shape \\(N, 3\\)"),
+    (lambda v, i: (v[:1].contiguous(), i), "at least 2 voxels per axis"),
+    (lambda v, i: (v, i.T.contiguous().T), "must be contiguous"),
+])
+def test_sampling_op_bad_input_gets_a_clear_error(args, pattern):
+    vol, idx, _ = _problem(torch.float64, 20)
+    with pytest.raises(RuntimeError, match=pattern):
+        ext.trilinear_forward(*args(vol, idx))
+
+
+@needs_ext
 def test_backward_checks_coefficients():
     vol, idx, f = _problem(torch.float64, 20)
     v, g, _ = ext.sample_ncc_forward(vol, idx, f)
@@ -137,12 +182,12 @@ def test_cuda_source_compiles_without_spills(arch, tmp_path):
     print(report)
     spills = [int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
     registers = [int(x) for x in re.findall(r"Used (\d+) registers", report)]
-    assert len(registers) == 4 and spills and max(spills) == 0
+    assert len(registers) == 6 and spills and max(spills) == 0  # NCC fwd/bwd and sampling, float and double
     assert max(registers) <= 64
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("use_ext", [False, True])
+@pytest.mark.parametrize("use_ext", [False, True, "sampling"])
 def test_nan_points_propagate_instead_of_crashing(use_ext, device):
     if use_ext and ext is None:
         pytest.skip("compiled extension not built")
@@ -150,7 +195,9 @@ def test_nan_points_propagate_instead_of_crashing(use_ext, device):
     idx[3, 1] = float("nan")
     idx[5, 0] = float("inf")
     vol, idx, f = vol.to(device), idx.to(device), f.to(device)
-    if use_ext:
+    if use_ext == "sampling":
+        values, grads = ext.trilinear_forward(vol, idx)
+    elif use_ext:
         values, grads, _ = ext.sample_ncc_forward(vol, idx, f)
     else:
         values, grads = trilinear_with_gradient(vol, idx)

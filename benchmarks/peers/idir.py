@@ -16,6 +16,10 @@ PROFILES = {
     "default+affine": dict(affine="auto"),
     "detect": dict(affine="detect"),
     "paper": dict(schedule="paper"),
+    "fine": dict(schedule="fine"),
+    # the similarity alone changed: the global NCC in every stage (the defaults before the local NCC)
+    "ncc": dict(similarity="ncc"),
+    "lncc": dict(similarity="lncc"),
     # one change each from the CPU default (the sensitivity behind the defaults)
     "hidden96": dict(hidden=(96, 96, 96)),
     "points3000": dict(batch_size=3000),

@@ -37,7 +37,8 @@ REGULARIZERS = tuple(objectives.REGULARIZERS)
 
 
 def synthetic_pair(n_points: int, device="cpu", dtype=torch.float32, seed: int = 0, size: int = 48) -> PreparedPair:
-    """A smooth random moving volume and ``n_points`` random normalised points with random fixed values."""
+    """Smooth random fixed and moving volumes and ``n_points`` random normalised points with random fixed values
+    (the fixed volume serves the local NCC's neighbourhoods)."""
     g = torch.Generator().manual_seed(seed)
     vol = torch.randn(1, 1, size, size, size, generator=g, dtype=torch.float32)
     vol = torch.nn.functional.avg_pool3d(vol, 5, stride=1, padding=2)[0, 0]
@@ -45,9 +46,12 @@ def synthetic_pair(n_points: int, device="cpu", dtype=torch.float32, seed: int =
     w2n = geom.world_to_normalised("isotropic")
     n2mi = geom.world_to_index() @ np.linalg.inv(w2n)
     points = (torch.rand(n_points, 3, generator=g) * 1.8 - 0.9)
+    values = torch.randn(n_points, generator=g)
+    fixed = torch.nn.functional.avg_pool3d(torch.randn(1, 1, size, size, size, generator=g), 5, stride=1,
+                                           padding=2)[0, 0]  # drawn last: the other tensors are as before
     return PreparedPair(geom, geom, w2n, n2mi, vol.to(device=device, dtype=dtype),
-                        points.to(device=device, dtype=dtype),
-                        torch.randn(n_points, generator=g).to(device=device, dtype=dtype))
+                        points.to(device=device, dtype=dtype), values.to(device=device, dtype=dtype),
+                        fixed=fixed.to(device=device, dtype=dtype))
 
 
 def _sync(device):
@@ -90,11 +94,11 @@ def gemm_rate(n_points: int, hidden: Sequence[int], order: int, device="cpu", re
 
 
 def make_step(backend_name: str, regularizer: Optional[str], n_points: int, hidden: Sequence[int], device="cpu",
-              seed: int = 0, precision: Optional[str] = None):
+              seed: int = 0, precision: Optional[str] = None, similarity: str = "ncc"):
     """The registration loop's step on a synthetic problem: ``(step, pair)``; the backend must be available."""
     device = torch.device(device)
     settings = RunSettings(regularizer=regularizer, hidden=tuple(hidden), batch_size=n_points, backend=backend_name,
-                           device=str(device), precision=precision, lr=1e-4).resolved()
+                           device=str(device), precision=precision, lr=1e-4, similarity=similarity).resolved()
     pair = synthetic_pair(n_points, device, seed=seed)
     torch.manual_seed(seed)
     siren = Siren(hidden).to(device)

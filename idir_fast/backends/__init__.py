@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..core.derivatives import Derivatives, derivatives_from_streams
+from ..core.sampling import trilinear
 from ..errors import BackendError
 from ..kernels import DEFAULT_PRECISION, PRECISIONS
 from . import reference
@@ -41,6 +42,8 @@ class Backend:
         batchable: whether ``derivatives`` can run under ``torch.func.vmap`` over a leading pair dimension.
         workspace: ``(hidden, order, dtype, device, cpu_kernels) →`` buffers the step makes once and passes to
             every call of ``derivatives`` (``workspace=``), or ``None`` when the backend allocates its own.
+        sample: ``(volume (nz, ny, nx), index (M, 3)) → (M,)`` trilinear sampling, differentiable w.r.t.
+            ``index`` (the local NCC's neighbourhoods).
     """
 
     name: str
@@ -51,6 +54,7 @@ class Backend:
     unavailable: Callable[[torch.device], Optional[str]]
     batchable: bool = False
     workspace: Callable[..., Optional[object]] = lambda hidden, order, dtype, device, cpu_kernels=None: None
+    sample: Callable[..., torch.Tensor] = trilinear
 
 
 # ---------------------------------------------------------------------------------------------- the ops
@@ -80,6 +84,12 @@ def _triton_derivatives(params, omega, x, order, precision=None, workspace=None)
 
     u = siren_streams_triton(params, omega, x, order, precision or DEFAULT_PRECISION)
     return derivatives_from_streams(x, u, order)
+
+
+def _fast_sample(volume, index):
+    from ..ops.sample_ncc import trilinear_fast
+
+    return trilinear_fast(volume, index)
 
 
 def _fast_similarity(moving, index, fixed_values, compat=None, weights=None):
@@ -113,9 +123,9 @@ BACKENDS: Dict[str, Backend] = {b.name: b for b in (
     Backend("torch", "analytic derivative streams: PyTorch matrix products, the element-wise stream algebra in "
             "fused CPU kernels for small networks (PyTorch ops elsewhere); sampling + NCC by the compiled op",
             _torch_derivatives, _fast_similarity, _one_pass, _runs_anywhere, batchable=True,
-            workspace=_torch_workspace),
+            workspace=_torch_workspace, sample=_fast_sample),
     Backend("triton", "fused Triton kernels of the derivative streams (GPU); sampling + NCC by the compiled op",
-            _triton_derivatives, _fast_similarity, _one_pass, _triton_unavailable),
+            _triton_derivatives, _fast_similarity, _one_pass, _triton_unavailable, sample=_fast_sample),
 )}
 
 DEVICE_PREFERENCE: Dict[str, Tuple[str, ...]] = {"cuda": ("triton", "torch"), "cpu": ("torch",)}

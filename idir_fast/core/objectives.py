@@ -59,6 +59,46 @@ def ncc(fixed: torch.Tensor, moving: torch.Tensor, compat: Optional[str] = None,
     return cov / (torch.sqrt(var_f) * torch.sqrt(var_m) + NCC_EPS)
 
 
+LNCC_EPS_REL = 1e-3
+"""ε of :func:`local_ncc` relative to the batch's mean neighbourhood variances: keeps flat neighbourhoods (air,
+background) from dividing by ~0 without changing the value where there is texture."""
+
+SIMILARITIES = ("ncc", "lncc", "ncc+lncc")
+"""``ncc``: the global NCC of the paper; ``lncc``: the local NCC of each point's neighbourhood (:func:`local_ncc`);
+``ncc+lncc``: their mean."""
+
+
+def stencil_offsets(spacing: float, dtype=torch.float64, device=None) -> torch.Tensor:
+    """The ``(27, 3)`` voxel offsets of a 3×3×3 neighbourhood with ``spacing`` voxels between samples, in
+    ``(i, j, k)`` order, the centre first (a window of ``2·spacing + 1`` voxels per axis)."""
+    steps = (0.0, -float(spacing), float(spacing))
+    grid = torch.tensor([(a, b, c) for c in steps for b in steps for a in steps], dtype=dtype, device=device)
+    return grid
+
+
+def local_ncc(fixed: torch.Tensor, moving: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean local NCC of ``N`` neighbourhoods of ``K`` samples, ``fixed`` and ``moving`` ``(N, K)``.
+
+    Per neighbourhood ``n``: ``cc_n = cov_n(f, m) / sqrt(var_n(f) · var_n(m) + ε)`` with 1/K statistics over its
+    samples; the result is ``Σ w_n cc_n / Σ w_n`` (``w = 1`` without ``weights`` ``(N,)``). ε =
+    ``LNCC_EPS_REL² · mean_n var_n(f) · mean_n var_n(m)`` (held constant in the gradient), so a flat
+    neighbourhood scores ~0 instead of dividing by zero. The similarity loss is ``−LNCC``: unlike the global NCC
+    it is invariant to a different affine intensity map in every neighbourhood (bias fields, contrast that
+    varies across the image), and its gradient comes from local structure rather than from the image's large
+    intensity differences.
+    """
+    f = fixed - fixed.mean(dim=1, keepdim=True)
+    m = moving - moving.mean(dim=1, keepdim=True)
+    cov = (f * m).mean(dim=1)
+    var_f = (f * f).mean(dim=1)
+    var_m = (m * m).mean(dim=1)
+    eps = (LNCC_EPS_REL ** 2) * (var_f.mean() * var_m.mean()).detach() + NCC_EPS
+    cc = cov / torch.sqrt(var_f * var_m + eps)
+    if weights is None:
+        return cc.mean()
+    return (weights * cc).sum() / weights.sum().clamp_min(1e-12)
+
+
 def _ncc_moments(n: int, sums: torch.Tensor, compat: Optional[str]):
     """Centred moments from the five sums ``[Σf, Σm, Σf², Σm², Σfm]`` (float64 for accuracy)."""
     s = sums.double()

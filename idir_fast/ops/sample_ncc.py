@@ -5,8 +5,9 @@ Two implementations of one definition (:func:`idir_fast.core.objectives.ncc` ove
 
 * the compiled op of ``csrc/`` (``idir_fast._C``): sampling, the five NCC sums and the per-point adjoint in two
   passes over the points (OpenMP on CPU, one CUDA kernel per pass on GPU);
-* a PyTorch path (:func:`trilinear_fast`): value and gradient of the interpolant from the same 8 reads, with a
-  hand-written backward instead of an autograd graph of a dozen small ops.
+* a PyTorch path (:func:`trilinear_fast`): value and gradient of the interpolant from the same 8 reads (the
+  compiled sampling op ``_C.trilinear_forward`` where it runs), with a hand-written backward instead of an
+  autograd graph of a dozen small ops.
 
 :func:`sample_ncc` takes the compiled op when it runs on the points' device and the PyTorch path otherwise, with
 one warning when the compiled op is missing (or built without CUDA for a CUDA device).
@@ -97,7 +98,10 @@ class _TrilinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, volume, index):
-        value, grad = trilinear_with_gradient(volume, index)
+        if volume.dtype == index.dtype and available(index.device):
+            value, grad = extension().trilinear_forward(volume.contiguous(), index.detach().contiguous())
+        else:
+            value, grad = trilinear_with_gradient(volume, index)
         ctx.save_for_backward(grad)
         return value
 
@@ -109,7 +113,9 @@ class _TrilinearFn(torch.autograd.Function):
 
 def trilinear_fast(volume: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Same values and ``index`` gradient as :func:`idir_fast.core.sampling.trilinear`, with a hand-written
-    backward (no gradient for ``volume``)."""
+    backward (no gradient for ``volume``): value and gradient from one pass of the compiled op
+    (``_C.trilinear_forward``) where it runs, of :func:`~idir_fast.core.sampling.trilinear_with_gradient`
+    elsewhere."""
     return _TrilinearFn.apply(volume, index)
 
 

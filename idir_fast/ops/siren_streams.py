@@ -81,7 +81,7 @@ def siren_streams(params: Sequence[torch.Tensor], omega: float, x: torch.Tensor,
 # as the backward. The layout of a layer's saved tensors: ``inputs[l]`` the streams entering hidden layer ``l+1``
 # (and the output layer), ``zs[l]`` the pre-activations of sine layer ``l`` (the first one holds values only).
 def streams_backward(grad_u, x, params, inputs, zs, omega: float, order: int, sine_backward, matmul,
-                     workspace: "Optional[StreamWorkspace]" = None):
+                     workspace: "Optional[StreamWorkspace]" = None, reduce_rows=None):
     """Parameter gradients of the stream forward, given ``∂L/∂u`` ``(S, N, 3)``.
 
     Args:
@@ -90,6 +90,9 @@ def streams_backward(grad_u, x, params, inputs, zs, omega: float, order: int, si
         matmul: ``(a, b, out=None) → a @ b`` in the caller's precision.
         workspace: the run's :class:`StreamWorkspace`: the large adjoints ``ā``, ``z̄`` are written into its two
             buffers instead of new tensors (``None``: new tensors).
+        reduce_rows: ``(a (R, m), b (R, n)) → aᵀ b`` for the weight gradients, the products that sum over all
+            ``S·N`` rows (default: ``matmul(a.T, b)``); the CPU passes :func:`rows_product`, whose summation order
+            does not depend on the thread count.
 
     Returns:
         the gradients of ``params`` in their order.
@@ -105,20 +108,23 @@ def streams_backward(grad_u, x, params, inputs, zs, omega: float, order: int, si
         out = buffer(kind, b.shape[1])
         return matmul(a, b, out=None if out is None else out.view(S * n, -1)).reshape(S, n, -1)
 
+    def reduce(a, b):
+        return matmul(a.T, b) if reduce_rows is None else reduce_rows(a, b)
+
     h = inputs[-1]
     g2 = g.reshape(S * n, -1)
-    grads[-2] = matmul(g2.T, h.reshape(S * n, -1))
+    grads[-2] = reduce(g2, h.reshape(S * n, -1))
     grads[-1] = g[0].sum(0)
     ga = product(g2, params[-2], "a")
     for layer in range(L - 1, 0, -1):
         gz = sine_backward(ga, zs[layer], False, buffer("z", ga.shape[2]))
         w, h = params[2 * layer], inputs[layer - 1]
         gz2 = gz.reshape(S * n, -1)
-        grads[2 * layer] = matmul(gz2.T, h.reshape(S * n, -1))
+        grads[2 * layer] = reduce(gz2, h.reshape(S * n, -1))
         grads[2 * layer + 1] = gz[0].sum(0)
         ga = product(gz2, w, "a")
     gz = sine_backward(ga, zs[0], True, buffer("z", ga.shape[2]))
-    gw0 = gz[0].T @ x  # a rank-3 input: tiny, exact
+    gw0 = reduce(gz[0], x)  # a rank-3 input: tiny
     if order >= 1:
         gw0 = gw0 + torch.stack([gz[1 + i].sum(0) for i in range(3)], dim=1)
     grads[0], grads[1] = gw0, gz[0].sum(0)
@@ -149,6 +155,7 @@ class StreamWorkspace:
         self.S = (1, 4, 10)[self.order]
         self._by_n: dict = {}
         self._adjoint: dict = {}
+        self._partials: Optional[torch.Tensor] = None
         self.n = None
 
     def forward_buffers(self, n: int) -> dict:
@@ -174,14 +181,51 @@ class StreamWorkspace:
             self._adjoint[key] = torch.empty(size, dtype=self.dtype)
         return self._adjoint[key][: self.S * self.n * width].view(self.S, self.n, width)
 
+    def partials(self, count: int, rows: int, cols: int) -> torch.Tensor:
+        """A ``(count, rows, cols)`` buffer for the partial products of :func:`rows_product` (one, grown as needed:
+        the weight gradients are computed one after another)."""
+        size = count * rows * cols
+        if self._partials is None or self._partials.numel() < size:
+            self._partials = torch.empty(size, dtype=self.dtype)
+        return self._partials[:size].view(count, rows, cols)
+
     def nbytes(self) -> int:
         """Bytes held (all point counts used so far)."""
         tensors = [t for b in self._by_n.values() for v in b.values() for t in (v if isinstance(v, list) else [v])]
+        tensors += [] if self._partials is None else [self._partials]
         return sum(t.numel() * t.element_size() for t in tensors + list(self._adjoint.values()))
 
 
 def _mm(a, b, out=None):
     return a @ b if out is None else torch.mm(a, b, out=out)
+
+
+ROWS_PER_PARTIAL = 512
+"""Rows per partial product of :func:`rows_product`: small enough that BLAS computes each one on one thread."""
+
+
+def rows_product(a: torch.Tensor, b: torch.Tensor, workspace: "Optional[StreamWorkspace]" = None) -> torch.Tensor:
+    """``aᵀ b`` for ``a`` ``(R, m)``, ``b`` ``(R, n)``, summed in an order fixed by ``R`` alone: partial products of
+    :data:`ROWS_PER_PARTIAL` consecutive rows (one batched product), then their sum in order.
+
+    Why: a plain ``a.T @ b`` with many rows and a small result lets BLAS split the rows among threads (MKL does on
+    AVX-512 CPUs), so the float32 sum, and with it a whole registration, changed with the thread count; a partial
+    of 512 rows runs on one thread and the sum over partials is an element-wise reduction ATen splits by output.
+    With a ``workspace`` the partials go into its buffer (no allocation of their size per step).
+    """
+    rows = a.shape[0]
+    full = rows // ROWS_PER_PARTIAL
+    head = full * ROWS_PER_PARTIAL
+    tail = (a[head:].T @ b[head:]) if rows > head or not full else None
+    if not full:
+        return tail
+    pa = a[:head].reshape(full, ROWS_PER_PARTIAL, -1).transpose(1, 2)
+    pb = b[:head].reshape(full, ROWS_PER_PARTIAL, -1)
+    if workspace is None:
+        total = torch.bmm(pa, pb).sum(0)
+    else:
+        total = torch.bmm(pa, pb, out=workspace.partials(full, a.shape[1], b.shape[1])).sum(0)
+    return total if tail is None else total + tail
 
 
 class _CpuStreamsFunction(torch.autograd.Function):
@@ -264,7 +308,8 @@ class _CpuStreamsFunction(torch.autograd.Function):
             return out
 
         grads = streams_backward(grad_u, x, params, inputs, zs, ctx.omega, ctx.order, sine_backward, _mm,
-                                 workspace=ctx.workspace)
+                                 workspace=ctx.workspace,
+                                 reduce_rows=lambda a, b: rows_product(a, b, ctx.workspace))
         return (None, None, None, None, *grads)
 
 

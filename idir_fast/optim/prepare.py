@@ -28,6 +28,7 @@ class PreparedPair:
             transform; the identity without one): the total map is ``A(Φ(x))``.
         moving_weights: ``(nz, ny, nx)`` moving mask (1 inside), or ``None``: the similarity then counts only
             points whose Φ(x) falls inside it.
+        fixed: ``(nz, ny, nx)`` fixed intensities (the neighbourhoods of the local NCC), or ``None``.
     """
 
     fixed_geometry: ImageGeometry
@@ -40,6 +41,7 @@ class PreparedPair:
     world_affine: np.ndarray = None
     moving_weights: Optional[torch.Tensor] = None
     sources: Optional[tuple] = None  # (fixed image, moving image, mask-voxel indices): for smoothed stages
+    fixed: Optional[torch.Tensor] = None
 
     @property
     def num_points(self) -> int:
@@ -55,9 +57,15 @@ class PreparedPair:
         fixed_s = sitk.SmoothingRecursiveGaussian(fixed, sigma)
         moving_s = sitk.SmoothingRecursiveGaussian(moving, sigma)
         dev, dt = self.points.device, self.points.dtype
-        values = np.asarray(sitk.GetArrayViewFromImage(fixed_s)).ravel()[inside]
+        fixed_arr = sitk.GetArrayFromImage(fixed_s)
+        values = fixed_arr.ravel()[inside]
         return dataclasses.replace(self, moving=torch.as_tensor(sitk.GetArrayFromImage(moving_s), dtype=dt, device=dev),
-                                   fixed_values=torch.as_tensor(values, dtype=dt, device=dev))
+                                   fixed_values=torch.as_tensor(values, dtype=dt, device=dev),
+                                   fixed=torch.as_tensor(fixed_arr, dtype=dt, device=dev))
+
+    def normalised_to_fixed_index(self) -> np.ndarray:
+        """4×4 float64: the network frame → fixed voxel indices."""
+        return np.linalg.inv(self.world_to_normalised @ self.fixed_geometry.index_to_world())
 
     def moving_index_affine(self):
         """``(lin (3, 3), off (3,))`` on the device with ``index = Φ @ lin + off`` (normalised → moving voxels)."""
@@ -112,4 +120,5 @@ def prepare_pair(fixed: sitk.Image, moving: sitk.Image, mask: Optional[sitk.Imag
         points=points.to(device=device, dtype=dtype),
         fixed_values=torch.as_tensor(fixed_values, dtype=dtype, device=device),
         world_affine=A, moving_weights=weights, sources=(fixed, moving, inside),
+        fixed=torch.as_tensor(np.array(fixed_arr), dtype=dtype, device=device),
     )

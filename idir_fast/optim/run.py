@@ -97,7 +97,7 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
         governor.start()
     for k, stage in enumerate(stages):
         stage_pairs = [p.with_smoothing(stage.smoothing) for p in pairs]
-        step.set_pairs(stage_pairs)
+        step.set_pairs(stage_pairs, stage.similarity)
         batch = min(stage.points, min(p.num_points for p in pairs))
         sampler = PointSampler([p.points for p in stage_pairs], [p.fixed_values for p in stage_pairs], batch,
                                settings.seed + k)
@@ -107,7 +107,8 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
                      sync_debug=sync_debug, lr_at=stage.lr_at, stop_rule=rule, governor=governor)
         results.append(result)
         record.append({"epochs": stage.epochs, "epochs_run": result.epochs_run, "points": batch,
-                       "smoothing_voxels": stage.smoothing, "lr": stage.lr, "seconds": result.seconds,
+                       "smoothing_voxels": stage.smoothing, "similarity": stage.similarity, "lr": stage.lr,
+                       "seconds": result.seconds,
                        "stopped_early": result.epochs_run < stage.epochs})
     if isinstance(step, BatchedStep):
         for i, siren in enumerate(sirens):

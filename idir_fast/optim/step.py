@@ -17,10 +17,12 @@ from torch.func import vmap
 
 from ..backends import BackendChoice, self_check
 from ..core.derivatives import Derivatives, derivatives_from_streams
+from ..core.objectives import SIMILARITIES
 from ..core.sampling import trilinear_with_gradient
 from ..core.siren import Siren
 from ..ops.siren_streams import siren_streams
 from ..settings import RunSettings
+from .local_similarity import LocalNCC
 from .prepare import PreparedPair
 
 HISTORY_TERMS = ("loss", "similarity", "regularization")
@@ -56,21 +58,29 @@ def matmul_precision(precision: str, device: torch.device):
 class _Objective:
     """``(loss, −NCC, R)`` of one pair from Φ and its derivatives: the one assembly of the objective."""
 
-    def __init__(self, settings: RunSettings, similarity, pair: PreparedPair):
+    def __init__(self, settings: RunSettings, backend, pair: PreparedPair, similarity: str = "ncc"):
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"'similarity' must be one of {SIMILARITIES}, got {similarity!r}")
         self.spec = settings.regularizer_spec
         self.alpha, self.compat = float(settings.alpha), settings.compat
-        self.similarity = similarity
+        self.similarity = backend.similarity
+        self.uses_global = similarity in ("ncc", "ncc+lncc")
+        self.local = LocalNCC(pair, settings.lncc_spacing, backend.sample) if "lncc" in similarity else None
         self.moving, self.moving_weights = pair.moving, pair.moving_weights
         self.lin, self.off = pair.moving_index_affine()
         self.zero = torch.zeros((), dtype=pair.points.dtype, device=pair.points.device)
 
-    def __call__(self, d: Derivatives, f: torch.Tensor):
+    def __call__(self, d: Derivatives, f: torch.Tensor, x: torch.Tensor):
         index = d.phi @ self.lin + self.off
-        if self.moving_weights is None:
-            sim = -self.similarity(self.moving, index, f, self.compat)
-        else:  # only points mapped into the moving mask count (a constant weight: the mask is not optimised)
+        weights = None
+        if self.moving_weights is not None:  # only points mapped into the moving mask count (a constant weight)
             weights = trilinear_with_gradient(self.moving_weights, index.detach())[0]
-            sim = -self.similarity(self.moving, index, f, self.compat, weights)
+        terms = []
+        if self.uses_global:
+            terms.append(self.similarity(self.moving, index, f, self.compat, *(() if weights is None else (weights,))))
+        if self.local is not None:
+            terms.append(self.local(d, x, weights))
+        sim = -terms[0] if len(terms) == 1 else -0.5 * (terms[0] + terms[1])
         if self.spec.penalty is None:
             return sim, sim, self.zero
         reg = self.spec.penalty(d.J, d.H6, self.compat)
@@ -97,20 +107,22 @@ class PairStep:
                                  settings.self_check)
         self.backend = self.choice.backend
         self.settings = settings
+        self.first_similarity = settings.stages()[0].similarity
         # the backend's buffers for the large tensors of a step, made once and reused (no per-step allocation)
         self.workspace = self.backend.workspace(siren.hidden, self.order, self.params[0].dtype, self.device,
                                                 settings.cpu_kernels)
         self.set_pairs([pair])
         self.optimizer = make_adam(self.params, settings.lr, self.device, capturable)
 
-    def set_pairs(self, pairs: Sequence[PreparedPair]) -> None:
-        """Train on these images from now on (a new stage: e.g. less smoothed); the points stay the same."""
-        self.objective = _Objective(self.settings, self.backend.similarity, pairs[0])
+    def set_pairs(self, pairs: Sequence[PreparedPair], similarity: Optional[str] = None) -> None:
+        """Train on these images with this similarity from now on (a new stage: e.g. less smoothed; ``None``: the
+        first stage's); the points stay the same."""
+        self.objective = _Objective(self.settings, self.backend, pairs[0], similarity or self.first_similarity)
 
     def losses(self, x: torch.Tensor, f: torch.Tensor):
         """``(loss, −NCC, R)`` at points ``x`` ``(B, 3)`` with fixed values ``f`` ``(B,)`` (differentiable)."""
         d = self.backend.derivatives(self.params, self.omega, x, self.order, self.precision, workspace=self.workspace)
-        return self.objective(d, f)
+        return self.objective(d, f, x)
 
     def __call__(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         with matmul_precision(self.precision, self.device):
@@ -148,14 +160,16 @@ class BatchedStep:
                                  self.precision, "ops", settings.self_check)  # under vmap: PyTorch's ops
         self.backend = self.choice.backend
         self.settings = settings
+        self.first_similarity = settings.stages()[0].similarity
         self.set_pairs(pairs)
         order, omega = self.order, self.omega
         self._streams = vmap(lambda p, x: siren_streams(p, omega, x, order), in_dims=(0, 0))
         self.optimizer = make_adam(self.params, settings.lr, self.device, capturable)
 
-    def set_pairs(self, pairs: Sequence[PreparedPair]) -> None:
-        """Train on these images from now on (a new stage); one per pair, in order."""
-        self.objectives = [_Objective(self.settings, self.backend.similarity, p) for p in pairs]
+    def set_pairs(self, pairs: Sequence[PreparedPair], similarity: Optional[str] = None) -> None:
+        """Train on these images with this similarity from now on (a new stage); one per pair, in order."""
+        self.objectives = [_Objective(self.settings, self.backend, p, similarity or self.first_similarity)
+                           for p in pairs]
 
     def pair_parameters(self, i: int) -> List[torch.Tensor]:
         """Pair ``i``'s parameters (detached views)."""
@@ -164,7 +178,7 @@ class BatchedStep:
     def __call__(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         with matmul_precision(self.precision, self.device):
             u = self._streams(self.params, x)  # (P, S, B, 3)
-            losses = [objective(derivatives_from_streams(x[i], u[i], self.order), f[i])
+            losses = [objective(derivatives_from_streams(x[i], u[i], self.order), f[i], x[i])
                       for i, objective in enumerate(self.objectives)]
             extra = self.coupling(x, u)
             total = sum(loss for loss, _, _ in losses) + (0.0 if extra is None else extra.sum())
