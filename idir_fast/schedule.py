@@ -77,9 +77,9 @@ class Profile:
 PAPER = Profile(hidden=(256, 256, 256), omega=32.0, epochs=2500, points=10_000, lr=1e-4,
                 stages=((1.0, 1.0, 0.0, "ncc"),), tol=None, init="siren", warmup=0, constant_lr=True)
 
-# first-order penalties do not damp curvature: a lower ω keeps the SIREN from fitting noise
-# (benchmarks/results/peers_20261202T01*.json, docs/measurements.md)
-_FIRST_ORDER = {"jacobian": {"omega": 16.0}, "hyperelastic": {"omega": 16.0, "alpha": 0.1}}
+# first-order penalties do not damp curvature: a lower ω keeps the SIREN from fitting noise; with the local NCC
+# in the sharp stage ω 24 (16 before it) (benchmarks/results/peers_20261202T073659Z.json, docs/measurements.md)
+_FIRST_ORDER = {"jacobian": {"omega": 24.0}, "hyperelastic": {"omega": 24.0, "alpha": 0.1}}
 
 AUTO: Dict[str, Profile] = {
     # measured with benchmarks/peers on the 2-core CPU (docs/measurements.md): a small network, few points, a
