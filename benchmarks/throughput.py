@@ -17,7 +17,8 @@ Modes (each one command, a fresh process tree, the wall time of the whole job):
   commit with its extension built), the same command as ``cohort``;
 * ``register_many`` — one process: :func:`idir_fast.register_many` over all pairs (batched steps), then each
   saved;
-* ``register``, ``register-T`` — ``idir-fast register`` of the first pair: the time of its :func:`idir_fast.register`
+* ``register``, ``register-T``, ``register-ncc`` (``--similarity ncc``: the similarity before the local NCC) —
+  ``idir-fast register`` of the first pair: the time of its :func:`idir_fast.register`
   call (``timings.total_s`` of the report: a pipeline's single registration), with the default thread policy
   or ``OMP_NUM_THREADS=T``; ``baseline-…`` — any of the package's modes with the ``--baseline`` tree;
 * ``ants-PxT`` — ANTs SyN (antspyx defaults) the way its users run a cohort: P processes side by side, each with
@@ -210,7 +211,9 @@ def mode_commands(mode: str, manifest: Path, out: Path, quick: bool, baseline: O
         argv = _python("-m", "idir_fast", "register", row["fixed"], row["moving"], "--mask", row["mask"],
                        "--fixed-landmarks", row["fixed_landmarks"], "--moving-landmarks", row["moving_landmarks"],
                        "--out", str(out / "register") + os.sep, *flags)
-        if mode.startswith("register-"):  # the thread count every version honours: OpenMP's own variable
+        if mode == "register-ncc":  # the global NCC in every stage: the similarity before the local NCC
+            argv += ["--similarity", "ncc"]
+        elif mode.startswith("register-"):  # the thread count every version honours: OpenMP's own variable
             env = dict(env, OMP_NUM_THREADS=mode.split("-", 1)[1])
         return [{"argv": argv, "env": env, "cwd": work}]
     if mode == "register_many":

@@ -272,6 +272,15 @@ def cmd_register(a) -> int:
     return 0
 
 
+SIMILARITY_MEANING = {
+    "ncc": ("NCC", "the normalised cross-correlation of the fixed image and the warped moving image"),
+    "lncc": ("local NCC", "the normalised cross-correlation of the fixed and warped moving image over each "
+                          "point's neighbourhood, averaged"),
+    "ncc+lncc": ("NCC + local NCC", "the mean of the normalised cross-correlation of the fixed and warped moving "
+                                    "image over all points and over each point's neighbourhood"),
+}
+"""What the last stage's similarity is, for the summary line (the stage records name it)."""
+
 REGULARISER_MEANING = {"bending": "the bending energy of Φ (its second derivatives; lower is smoother)",
                        "jacobian": "the mean |1 − det ∂Φ/∂x| (0 where Φ keeps volume)",
                        "hyperelastic": "the hyperelastic energy of Φ (length, area and volume changes)"}
@@ -292,9 +301,10 @@ def _summarise(outputs, wall: Optional[dict] = None) -> None:
               f"reading and checking, preparing the points), optimise {optimise:.1f} s, write "
               f"{wall['write']:.1f} s")
     final = report["final_losses"]
-    print(f"final: NCC {-final['similarity']:.4f} — the normalised cross-correlation of the fixed image and the "
-          "warped moving image at the last step's points (1: identical up to brightness and contrast; a blurred "
-          "first stage scores higher than the sharp last one)")
+    last = (s.get("stages") or [{}])[-1].get("similarity", "ncc")
+    name, meaning = SIMILARITY_MEANING.get(last, SIMILARITY_MEANING["ncc"])
+    print(f"final: {name} {-final['similarity']:.4f} — {meaning} at the last step's points (1: identical up to "
+          "brightness and contrast; a blurred first stage scores higher than the sharp last one)")
     if s.get("regularizer"):
         print(f"       regulariser {final['regularization']:.4g} — {REGULARISER_MEANING.get(s['regularizer'], '')}")
     if "tre" in m:
