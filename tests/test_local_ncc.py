@@ -106,6 +106,25 @@ def test_neighbourhoods_are_the_fixed_voxels_and_their_exact_images_under_an_aff
     assert torch.allclose(moving, exact, atol=1e-10)
 
 
+def test_fixed_neighbourhoods_read_as_voxels_equal_trilinear_samples_at_the_borders_too():
+    """A whole-voxel spacing reads the fixed samples as voxels; it must give what trilinear sampling (clamped at
+    the grid's faces) gives, for points on the faces and corners as well; a fractional spacing samples."""
+    pair, _ = _oblique_pair()
+    fg = pair.fixed_geometry
+    corners = torch.tensor([[0, 0, 0], [fg.size[0] - 1, fg.size[1] - 1, fg.size[2] - 1], [0, fg.size[1] - 1, 1],
+                            [fg.size[0] - 1, 0, fg.size[2] - 2], [1, 2, 0]], dtype=torch.float64)
+    i2n = torch.as_tensor(fg.index_to_normalised("isotropic"), dtype=torch.float64)
+    x = corners @ i2n[:3, :3].T + i2n[:3, 3]
+    d = Derivatives(phi=x, J=torch.eye(3, dtype=x.dtype).expand(x.shape[0], 3, 3), H6=None)
+    sample = backends.get("torch").sample
+    read = LocalNCC(pair, 2.0, sample)
+    assert read.voxel_offsets is not None
+    sampled = LocalNCC(pair, 2.0, sample)
+    sampled.voxel_offsets = None  # the sampling path, as a fractional spacing takes
+    assert torch.allclose(read.neighbourhoods(d, x)[0], sampled.neighbourhoods(d, x)[0], atol=1e-12, rtol=0)
+    assert LocalNCC(pair, 1.5, sample).voxel_offsets is None
+
+
 @pytest.mark.parametrize("similarity", ["lncc", "ncc+lncc"])
 @pytest.mark.parametrize("regularizer", [None, "bending"], ids=["none", "bending"])
 def test_fast_step_matches_the_reference_values_and_gradients_float64(similarity, regularizer):

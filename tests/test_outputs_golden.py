@@ -31,7 +31,10 @@ def test_the_output_set_matches_the_reference(tmp_path):
     got = golden.run(tmp_path)
     ref = np.load(REFERENCE)
     for name, arr in got["arrays"].items():
-        np.testing.assert_allclose(arr, ref[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        # float32 round-off, which also differs between CPUs (BLAS kernels per instruction set): 1e-5 of each
+        # image's range (mm of a field, HU of the warped image); anything the code changes on purpose moves far more
+        scale = max(1.0, float(np.abs(ref[name]).max()))
+        np.testing.assert_allclose(arr, ref[name], rtol=1e-5, atol=1e-5 * scale, err_msg=name)
     _close(got["report"], golden.stable(json.loads(str(ref["report"]))))
 
 
