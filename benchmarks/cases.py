@@ -3,6 +3,8 @@
 
 * ``ct-<A>mm`` — the shared real chest CT deformed by :func:`idir_fast.data.deformed_pair` (breathing-like motion
   of amplitude A; 100 landmarks in the lungs; ``seed`` varies the motion);
+* ``ct-followup-<A>mm`` — the same motion plus the lungs' density change it implies (mass-preserving) and noise:
+  intensities that differ locally, as in a real inhale/exhale pair; lung and vessel Dice beside the TRE;
 * ``phantom`` — :func:`idir_fast.data.phantom_pair` (the demo phantom);
 * ``blobs`` — a smooth non-lung texture (Gaussian blobs in an ellipsoidal body, 36×44×40 voxels of 2 mm) deformed
   by a known sine displacement of 3 mm amplitude;
@@ -29,7 +31,7 @@ from idir_fast.data import deformed_pair, phantom_pair, warp_image
 
 from .common import data_file
 
-ALL_CASES = ("ct-10mm", "ct-18mm", "ct-30mm", "phantom", "blobs", "brain-4mm", "brain-icbm")
+ALL_CASES = ("ct-10mm", "ct-18mm", "ct-30mm", "ct-followup-18mm", "phantom", "blobs", "brain-4mm", "brain-icbm")
 CT_FILE = ("ct", "chest_ct_1p5mm.nii.gz")
 BRAIN_FILES = (("brain", "brain_t1_1mm.nii.gz"), ("brain", "brain_t1_1mm_aseg.nii.gz"))
 BRAIN_STRUCTURES = {"cortex": (3, 42), "white matter": (2, 41), "hippocampus": (17, 53), "thalamus": (10, 49),
@@ -217,6 +219,59 @@ def ct_case(amplitude_mm: float, data: Optional[str] = None, seed: int = 0, num_
                 f"seed={seed}); lung mask")
 
 
+LUNG_STRUCTURES = {"lungs": (1, 2), "vessels": (2,)}
+"""The follow-up case's labels: 1 lung parenchyma, 2 vessels and airway walls (HU > −500 inside the lungs)."""
+VESSEL_HU = -500.0
+
+
+def lung_labels(image: sitk.Image, lungs: sitk.Image) -> sitk.Image:
+    """1 inside ``lungs``, 2 where the image is also above :data:`VESSEL_HU` there (vessels): a CT user's lung and
+    vessel masks, made the same way on either image of a pair."""
+    inside = sitk.GetArrayViewFromImage(lungs) > 0
+    dense = sitk.GetArrayViewFromImage(image) > VESSEL_HU
+    out = sitk.GetImageFromArray((inside * (1 + dense)).astype(np.uint8))
+    out.CopyInformation(image)
+    return out
+
+
+def ct_followup_case(amplitude_mm: float = 18.0, data: Optional[str] = None, seed: int = 0) -> Case:
+    """The shared chest CT as a baseline/follow-up-like pair: the breathing motion of :func:`ct_case` and the
+    density change it implies. Lung parenchyma keeps its mass, so its ``HU + 1000`` scales with the volume change:
+    ``moving(y) = (fixed(Φ⁻¹y) + 1000) · det ∂Φ⁻¹/∂y − 1000`` where the warped fixed is at most
+    :data:`VESSEL_HU` (vessels and walls keep their density; parenchyma is kept below that threshold), then 10 HU
+    noise. Unlike the other CT cases the intensities of the two images then differ, locally, as in a real
+    inhale/exhale pair. Dice of the lungs and of the vessels (HU > −500 inside the lungs, thresholded on each
+    image as a user would) beside the landmarks' TRE."""
+    ct = data_file(data, *CT_FILE)
+    return followup_case(sitk.ReadImage(str(ct)), amplitude_mm, seed, f"ct-followup-{amplitude_mm:g}mm",
+                         f"{ct.name} deformed by deformed_pair(amplitude_mm={amplitude_mm:g}, seed={seed})")
+
+
+def followup_case(image: sitk.Image, amplitude_mm: float, seed: int, name: str, made: str,
+                  mask: Optional[sitk.Image] = None) -> Case:
+    """:func:`ct_followup_case` of any CT ``image`` (HU; ``mask``: its lungs, else thresholded)."""
+    pair = deformed_pair(image, mask, amplitude_mm=amplitude_mm, noise_hu=0.0, seed=seed)
+    g = ImageGeometry.from_sitk(pair.moving)
+    world = apply_affine(g.index_to_world(), g.voxel_grid_index(dtype=torch.float64).numpy())
+    source = pair.mapping.inverse(world).reshape(g.shape_zyx + (3,))
+    # det of the inverse map's Jacobian on the moving grid (central differences, per voxel index → world mm)
+    grads = [np.gradient(source[..., c], axis=(2, 1, 0)) for c in range(3)]  # d source_c / d (i, j, k)
+    jac = np.stack([np.stack(gc, -1) for gc in grads], -2) @ np.linalg.inv(g.index_to_world()[:3, :3])
+    det = np.linalg.det(jac)
+    lungs = warp_labels(pair.mask, pair.mapping.inverse)
+    arr = sitk.GetArrayFromImage(pair.moving).astype(np.float64)
+    parenchyma = (sitk.GetArrayViewFromImage(lungs) > 0) & (arr <= VESSEL_HU)
+    arr[parenchyma] = np.minimum((arr[parenchyma] + 1000.0) * det[parenchyma] - 1000.0, VESSEL_HU - 0.5)
+    arr += np.random.default_rng(seed + 1).normal(scale=10.0, size=arr.shape)
+    moving = sitk.GetImageFromArray(arr.astype(np.float32))
+    moving.CopyInformation(pair.moving)
+    return Case(name, pair.fixed, moving, pair.mask, pair.fixed_landmarks, pair.moving_landmarks,
+                f"{made} with the lung density change of the motion (mass-preserving, volume ratio "
+                f"{det[parenchyma].min():.2f}–{det[parenchyma].max():.2f}) and 10 HU noise; lung and vessel Dice",
+                moving_labels=lung_labels(moving, lungs), fixed_labels=lung_labels(pair.fixed, pair.mask),
+                structures=LUNG_STRUCTURES)
+
+
 def phantom_case() -> Case:
     """The demo pair :func:`idir_fast.data.phantom_pair`."""
     pair = phantom_pair()
@@ -340,6 +395,9 @@ def build_case(name: str, data: Optional[str] = None) -> Case:
     m = re.fullmatch(r"ct-(\d+(?:\.\d+)?)mm", name)
     if m:
         return ct_case(float(m.group(1)), data)
+    m = re.fullmatch(r"ct-followup-(\d+(?:\.\d+)?)mm", name)
+    if m:
+        return ct_followup_case(float(m.group(1)), data)
     m = re.fullmatch(r"brain-(\d+(?:\.\d+)?)mm", name)
     if m:
         return brain_case(float(m.group(1)), data)
@@ -349,4 +407,5 @@ def build_case(name: str, data: Optional[str] = None) -> Case:
         return phantom_case()
     if name == "blobs":
         return blobs_case()
-    raise ValueError(f"unknown case {name!r}; known: {', '.join(ALL_CASES)} (ct-<amplitude>mm for any amplitude)")
+    raise ValueError(f"unknown case {name!r}; known: {', '.join(ALL_CASES)} (ct-<amplitude>mm, "
+                     "ct-followup-<amplitude>mm and brain-<amplitude>mm for any amplitude)")

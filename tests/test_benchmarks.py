@@ -72,3 +72,34 @@ def test_brain_axes_read_from_where_the_structures_lie():
     arr[3:6, 13:16, 8:12] = 47    # cerebellum behind the brainstem: low k
     assert brain_axes(sitk.GetImageFromArray(arr)) == "LIA"
     assert brain_axes(sitk.GetImageFromArray(np.ascontiguousarray(arr[::-1, ::-1, ::-1]))) == "RSP"
+
+
+def test_followup_case_keeps_the_lungs_mass_and_its_labels_follow_the_known_map():
+    """The follow-up case: parenchyma's ``HU + 1000`` integrates to the same mass in both images (the density
+    change of the motion), the images' intensities differ where the lungs changed volume, and each image's own
+    lung/vessel labels agree under the exact map."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from benchmarks.cases import LUNG_STRUCTURES, VESSEL_HU, followup_case, warp_labels
+    from idir_fast.data import deformed_pair, lung_phantom
+
+    image, mask, _ = lung_phantom(seed=1, noise_hu=0.0)
+    case = followup_case(image, 15.0, 0, "phantom-followup", "the lung phantom", mask=mask)
+    fixed, moving = (sitk.GetArrayFromImage(i).astype(np.float64) for i in (case.fixed, case.moving))
+    f_lab, m_lab = (sitk.GetArrayFromImage(i) for i in (case.fixed_labels, case.moving_labels))
+    mass = [float(((a + 1000.0) * (lab == 1)).sum()) for a, lab in ((fixed, f_lab), (moving, m_lab))]
+    volume = [(lab == 1).sum() for lab in (f_lab, m_lab)]
+    # voxels of equal volume: the sum is the mass. The parenchyma's volume changes by ~10 %, its mass by less than
+    # half of that (what remains: partial volumes at the lungs' border, 3 mm voxels)
+    assert abs(volume[1] / volume[0] - 1.0) > 0.05
+    assert abs(mass[1] / mass[0] - 1.0) < 0.5 * abs(volume[1] / volume[0] - 1.0), (mass, volume)
+    assert np.all(moving[m_lab == 1] <= VESSEL_HU + 50.0)  # parenchyma (10 HU noise) stays below the vessels
+    # the moving image's own labels, pulled back by the exact map (L_m(Φ(x)) on the fixed grid), match the fixed
+    # image's: what a perfect registration scores
+    phi = deformed_pair(image, mask, amplitude_mm=15.0, noise_hu=0.0, seed=0).mapping
+    back = sitk.GetArrayFromImage(warp_labels(case.moving_labels, phi))
+    assert case.structures == LUNG_STRUCTURES
+    for name, labels in LUNG_STRUCTURES.items():
+        a, b = np.isin(back, labels), np.isin(f_lab, labels)
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > (0.95 if name == "lungs" else 0.8), name
