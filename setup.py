@@ -50,7 +50,8 @@ def _extensions():
         return _skip(f"torch is not importable at build time: {err}; use pip install --no-build-isolation")
 
     csrc = "csrc"
-    sources = [f"{csrc}/bindings.cpp", f"{csrc}/sample_ncc_cpu.cpp", f"{csrc}/sine_streams_cpu.cpp"]
+    sources = [f"{csrc}/bindings.cpp", f"{csrc}/sample_ncc_cpu.cpp", f"{csrc}/sine_streams_cpu.cpp",
+               f"{csrc}/local_ncc_cpu.cpp"]
     cxx = ["-O3", "-fopenmp"]  # the C++ standard is the one torch asks for
     with_cuda = os.environ.get("IDIR_FAST_FORCE_CUDA") == "1" or (torch.version.cuda is not None
                                                                    and CUDA_HOME is not None)

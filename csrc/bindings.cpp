@@ -1,5 +1,7 @@
-// Python bindings of idir_fast._C: the fused sampling + NCC op (dispatched by device in sample_ncc.h) and the
-// fused sine-layer stream algebra for the CPU (sine_streams.h).
+// Python bindings of idir_fast._C: the fused sampling + NCC op (dispatched by device in sample_ncc.h), the fused
+// sine-layer stream algebra for the CPU (sine_streams.h) and the local NCC's moving neighbourhoods (CPU,
+// local_ncc.h).
+#include "local_ncc.h"
 #include "sample_ncc.h"
 #include "sine_streams.h"
 
@@ -16,6 +18,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("trilinear_forward", &trilinear_forward,
         "values (N,), gradients (N,3) = trilinear_forward(volume (nz,ny,nx), index (N,3))", py::arg("volume"),
         py::arg("index"));
+  m.def("local_moments_forward", &local_moments_forward_cpu,
+        "cov (N,), var (N,), values (N,K), gradients (N,K,3) = local_moments_forward(moving (nz,ny,nx), phi (N,3), "
+        "jac (N,3,3), fixed_centred (N,K), offsets (K,3), lin (3,3), off (3,))",
+        py::arg("moving"), py::arg("phi"), py::arg("jac"), py::arg("fixed_centred"), py::arg("offsets"),
+        py::arg("lin"), py::arg("off"));
+  m.def("local_moments_backward", &local_moments_backward_cpu,
+        "grad_phi (N,3), grad_jac (N,3,3) = local_moments_backward(grad_cov (N,), grad_var (N,), values, gradients, "
+        "fixed_centred, offsets, lin)",
+        py::arg("grad_cov"), py::arg("grad_var"), py::arg("values"), py::arg("gradients"), py::arg("fixed_centred"),
+        py::arg("offsets"), py::arg("lin"));
   m.def("sine_streams_forward", &sine_streams_forward,
         "a (S,N,M) = sine_streams_forward(z (S,N,M), w0 (M,3) or empty, sin_z (N,M), cos_z (N,M) = ω cos, omega, "
         "order)",

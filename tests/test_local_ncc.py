@@ -206,3 +206,65 @@ def test_a_registration_records_the_similarity_of_every_stage(tiny_pair):
     reg = idir_fast.register(tiny_pair.fixed, tiny_pair.moving, tiny_pair.mask, epochs=20, hidden=(16, 16), batch_size=200, progress=False)
     assert [s["similarity"] for s in reg.run["stages"]] == ["ncc", "ncc+lncc"]
     assert reg.settings.similarity == "auto"
+
+
+def _moments_inputs(dtype, n=37, seed=3):
+    """A random volume, points whose neighbourhoods reach past every face (clamped samples), random J."""
+    g = torch.Generator().manual_seed(seed)
+    vol = torch.rand(9, 11, 13, generator=g, dtype=torch.float64).to(dtype)
+    phi = (torch.rand(n, 3, generator=g, dtype=torch.float64) * 1.6 - 0.8).to(dtype).requires_grad_(True)
+    jac = (torch.eye(3, dtype=torch.float64) + 0.2 * torch.randn(n, 3, 3, generator=g, dtype=torch.float64))
+    jac = jac.to(dtype).requires_grad_(True)
+    offsets = (objectives.stencil_offsets(2.0) * 0.07).to(dtype)  # (K, 3) in the network frame
+    fixed = torch.rand(n, offsets.shape[0], generator=g, dtype=torch.float64).to(dtype)
+    centred = fixed - fixed.mean(dim=1, keepdim=True)
+    lin = torch.tensor([[6.0, 0.3, 0.1], [-0.2, 5.0, 0.4], [0.1, -0.3, 4.0]], dtype=torch.float64).to(dtype)
+    off = torch.tensor([6.0, 5.0, 4.0], dtype=torch.float64).to(dtype)
+    return vol, phi, jac, centred, offsets, lin, off
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)], ids=["float64", "float32"])
+def test_fused_local_moments_match_the_reference_values_and_gradients(dtype, tol):
+    from idir_fast.ops.local_ncc import fused_available, local_moments, local_moments_reference
+
+    vol, phi, jac, centred, offsets, lin, off = _moments_inputs(dtype)
+    if not fused_available(vol, phi):
+        pytest.skip("the compiled op is not built")
+    index = ((phi.detach().unsqueeze(1) + torch.einsum("nci,ki->nkc", jac.detach(), offsets)) @ lin + off)
+    outside = ((index < 0) | (index > torch.tensor([12.0, 10.0, 8.0], dtype=dtype))).any(-1)
+    assert outside.any() and (~outside).any()  # both kinds of samples are exercised
+    w_cov, w_var = torch.randn(phi.shape[0], dtype=dtype), torch.randn(phi.shape[0], dtype=dtype)
+    results = []
+    for fn in (local_moments, local_moments_reference):
+        cov, var = fn(vol, phi, jac, centred, offsets, lin, off)
+        g_phi, g_jac = torch.autograd.grad((w_cov * cov).sum() + (w_var * var).sum(), (phi, jac))
+        results.append((cov, var, g_phi, g_jac))
+    for name, fast, ref in zip(("cov", "var", "grad phi", "grad J"), *results):
+        fast, ref = fast.detach(), ref.detach()
+        scale = max(1.0, float(ref.abs().max()))
+        assert torch.allclose(fast, ref, atol=tol * scale, rtol=tol), (name, float((fast - ref).abs().max()))
+    # only one moment used: the other's gradient is absent (None) and counts as zero
+    cov, _ = local_moments(vol, phi, jac, centred, offsets, lin, off)
+    g_phi = torch.autograd.grad(cov.sum(), phi)[0]
+    ref = torch.autograd.grad(local_moments_reference(vol, phi, jac, centred, offsets, lin, off)[0].sum(), phi)[0]
+    assert torch.allclose(g_phi, ref, atol=tol, rtol=tol)
+
+
+def test_fused_local_moments_name_the_bad_argument():
+    from idir_fast.ops.sample_ncc import extension
+
+    ext = extension()
+    if ext is None or not hasattr(ext, "local_moments_forward"):
+        pytest.skip("the compiled op is not built")
+    vol, phi, jac, centred, offsets, lin, off = (t.detach() for t in _moments_inputs(torch.float64))
+    with pytest.raises(RuntimeError, match="'jac' must have shape"):
+        ext.local_moments_forward(vol, phi, jac[:-1].contiguous(), centred, offsets, lin, off)
+    with pytest.raises(RuntimeError, match="'offsets' must have shape"):
+        ext.local_moments_forward(vol, phi, jac, centred, offsets[:-1].contiguous(), lin, off)
+    with pytest.raises(RuntimeError, match="dtype"):
+        ext.local_moments_forward(vol, phi.float(), jac, centred, offsets, lin, off)
+
+
+def test_the_fast_backends_score_the_local_ncc_through_the_fused_moments():
+    assert backends.get("torch").local_moments is not None and backends.get("triton").local_moments is not None
+    assert backends.get("reference").local_moments is None  # the reference samples and scores with PyTorch ops

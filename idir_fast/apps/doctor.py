@@ -137,6 +137,42 @@ def self_check_rows(report: Report, device: torch.device, width: int = 64) -> No
                     return {"status": "FAIL" if bad else "ok", **errors}
                 report.run(f"{name} {precision} order {order}", one)
     report.run(f"sampling + NCC on {device}", lambda: _sample_ncc_check(device))
+    report.run(f"local NCC neighbourhoods on {device}", lambda: _local_moments_check(device))
+
+
+def _local_moments_check(device: torch.device, n: int = 301) -> dict:
+    """The local NCC's fused moving neighbourhoods (their two moments, ∂/∂Φ and ∂/∂J) on ``device`` against the
+    PyTorch definition on the CPU (float64); some neighbourhoods reach outside the volume."""
+    from ..core.objectives import stencil_offsets
+    from ..ops.local_ncc import fused_available, local_moments_reference
+
+    g = torch.Generator().manual_seed(2)
+    vol = torch.randn(9, 11, 13, generator=g, dtype=torch.float64)
+    phi = torch.rand(n, 3, generator=g, dtype=torch.float64) * 1.6 - 0.8
+    jac = torch.eye(3, dtype=torch.float64) + 0.2 * torch.randn(n, 3, 3, generator=g, dtype=torch.float64)
+    fixed = torch.randn(n, 27, generator=g, dtype=torch.float64)
+    consts = (fixed - fixed.mean(1, keepdim=True), stencil_offsets(2.0) * 0.07,
+              torch.diag(torch.tensor([6.0, 5.0, 4.0], dtype=torch.float64)),
+              torch.tensor([6.0, 5.0, 4.0], dtype=torch.float64))
+    w = torch.randn(2, n, generator=g, dtype=torch.float64)
+
+    def moments_and_grads(fn, dtype, dev):
+        p, j = (t.to(dev, dtype).requires_grad_(True) for t in (phi, jac))
+        cov, var = fn(vol.to(dev, dtype), p, j, *(c.to(dev, dtype) for c in consts))
+        grads = torch.autograd.grad((w[0].to(dev, dtype) * cov).sum() + (w[1].to(dev, dtype) * var).sum(), (p, j))
+        return [t.detach().double().cpu() for t in (cov, var, *grads)]
+
+    ref = moments_and_grads(local_moments_reference, torch.float64, torch.device("cpu"))
+    out = {}
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+        got = moments_and_grads(backends.get("torch").local_moments, dtype, device)
+        key = str(dtype).replace("torch.", "")
+        out[f"{key} err"] = max(float(((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item())
+                                for a, b in zip(got, ref))
+        if out[f"{key} err"] > tol:
+            out["status"] = "FAIL"
+    out["compiled"] = fused_available(vol.to(device), phi.to(device))
+    return out
 
 
 def _sample_ncc_check(device: torch.device, shape=(7, 13, 29), n: int = 1999) -> dict:

@@ -44,6 +44,9 @@ class Backend:
             every call of ``derivatives`` (``workspace=``), or ``None`` when the backend allocates its own.
         sample: ``(volume (nz, ny, nx), index (M, 3)) → (M,)`` trilinear sampling, differentiable w.r.t.
             ``index`` (the local NCC's neighbourhoods).
+        local_moments: the local NCC's moving neighbourhoods and their moments in one op
+            (:func:`idir_fast.ops.local_ncc.local_moments`), or ``None`` to sample them with ``sample`` and score
+            them with PyTorch ops (the reference).
     """
 
     name: str
@@ -55,6 +58,7 @@ class Backend:
     batchable: bool = False
     workspace: Callable[..., Optional[object]] = lambda hidden, order, dtype, device, cpu_kernels=None: None
     sample: Callable[..., torch.Tensor] = trilinear
+    local_moments: Optional[Callable[..., tuple]] = None
 
 
 # ---------------------------------------------------------------------------------------------- the ops
@@ -92,6 +96,12 @@ def _fast_sample(volume, index):
     return trilinear_fast(volume, index)
 
 
+def _fast_local_moments(moving, phi, jac, fixed_centred, offsets, lin, off):
+    from ..ops.local_ncc import local_moments
+
+    return local_moments(moving, phi, jac, fixed_centred, offsets, lin, off)
+
+
 def _fast_similarity(moving, index, fixed_values, compat=None, weights=None):
     from ..ops.sample_ncc import sample_ncc
 
@@ -123,9 +133,10 @@ BACKENDS: Dict[str, Backend] = {b.name: b for b in (
     Backend("torch", "analytic derivative streams: PyTorch matrix products, the element-wise stream algebra in "
             "fused CPU kernels for small networks (PyTorch ops elsewhere); sampling + NCC by the compiled op",
             _torch_derivatives, _fast_similarity, _one_pass, _runs_anywhere, batchable=True,
-            workspace=_torch_workspace, sample=_fast_sample),
+            workspace=_torch_workspace, sample=_fast_sample, local_moments=_fast_local_moments),
     Backend("triton", "fused Triton kernels of the derivative streams (GPU); sampling + NCC by the compiled op",
-            _triton_derivatives, _fast_similarity, _one_pass, _triton_unavailable, sample=_fast_sample),
+            _triton_derivatives, _fast_similarity, _one_pass, _triton_unavailable, sample=_fast_sample,
+            local_moments=_fast_local_moments),
 )}
 
 DEVICE_PREFERENCE: Dict[str, Tuple[str, ...]] = {"cuda": ("triton", "torch"), "cpu": ("torch",)}

@@ -89,9 +89,13 @@ def local_ncc(fixed: torch.Tensor, moving: torch.Tensor, weights: Optional[torch
     """
     f = fixed - fixed.mean(dim=1, keepdim=True)
     m = moving - moving.mean(dim=1, keepdim=True)
-    cov = (f * m).mean(dim=1)
-    var_f = (f * f).mean(dim=1)
-    var_m = (m * m).mean(dim=1)
+    return local_ncc_from_moments((f * m).mean(dim=1), (f * f).mean(dim=1), (m * m).mean(dim=1), weights)
+
+
+def local_ncc_from_moments(cov: torch.Tensor, var_f: torch.Tensor, var_m: torch.Tensor,
+                           weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`local_ncc` from each neighbourhood's moments ``(N,)``: covariance, fixed and moving variance (1/K
+    statistics) — what a fused op returns (:func:`idir_fast.ops.local_ncc.local_moments`)."""
     eps = (LNCC_EPS_REL ** 2) * (var_f.mean() * var_m.mean()).detach() + NCC_EPS
     cc = cov / torch.sqrt(var_f * var_m + eps)
     if weights is None:

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from ..core.derivatives import Derivatives
-from ..core.objectives import local_ncc, stencil_offsets
+from ..core.objectives import local_ncc, local_ncc_from_moments, stencil_offsets
 from .prepare import PreparedPair
 
 
@@ -27,13 +27,17 @@ class LocalNCC:
         spacing: voxels between a neighbourhood's samples.
         sample: ``(volume, index (M, 3)) → (M,)`` trilinear sampling differentiable w.r.t. ``index`` (the
             backend's).
+        moments: the backend's fused moving neighbourhoods (:func:`idir_fast.ops.local_ncc.local_moments`), or
+            ``None``: then the neighbourhoods are sampled with ``sample`` and scored by
+            :func:`~idir_fast.core.objectives.local_ncc` (the reference).
     """
 
-    def __init__(self, pair: PreparedPair, spacing: float, sample: Callable[..., torch.Tensor]):
+    def __init__(self, pair: PreparedPair, spacing: float, sample: Callable[..., torch.Tensor],
+                 moments: Optional[Callable[..., tuple]] = None):
         if pair.fixed is None:
             raise ValueError("LocalNCC needs the pair's fixed volume (PreparedPair.fixed)")
         dev, dt = pair.points.device, pair.points.dtype
-        self.fixed, self.moving, self.sample = pair.fixed, pair.moving, sample
+        self.fixed, self.moving, self.sample, self.moments = pair.fixed, pair.moving, sample, moments
         n2fi = torch.as_tensor(pair.normalised_to_fixed_index(), dtype=dt, device=dev)
         self.fixed_lin, self.fixed_off = n2fi[:3, :3].T.contiguous(), n2fi[:3, 3].contiguous()
         offsets = stencil_offsets(spacing, dtype=dt, device=dev)  # (K, 3) fixed voxels
@@ -49,17 +53,21 @@ class LocalNCC:
         self.offsets_normalised = (offsets @ index_to_n.T).contiguous()
         self.moving_lin, self.moving_off = pair.moving_index_affine()
 
-    def neighbourhoods(self, d: Derivatives, x: torch.Tensor):
-        """``(fixed (N, K), moving (N, K))`` samples of the points' neighbourhoods; ``moving`` differentiable
-        w.r.t. Φ and J."""
+    def fixed_neighbourhoods(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` fixed samples of the neighbourhoods of points ``x`` ``(N, 3)`` (constant)."""
         n, k = x.shape[0], self.offsets.shape[0]
         centre = x @ self.fixed_lin + self.fixed_off
         if self.voxel_offsets is not None:
             voxels = (centre.round().long().unsqueeze(1) + self.voxel_offsets).clamp_(min=0)
             voxels = torch.minimum(voxels, self.fixed_upper)
-            fixed = self.fixed.reshape(-1)[(voxels * self.fixed_strides).sum(-1)]
-        else:
-            fixed = self.sample(self.fixed, (centre.unsqueeze(1) + self.offsets).reshape(-1, 3)).reshape(n, k)
+            return self.fixed.reshape(-1)[(voxels * self.fixed_strides).sum(-1)]
+        return self.sample(self.fixed, (centre.unsqueeze(1) + self.offsets).reshape(-1, 3)).reshape(n, k).detach()
+
+    def neighbourhoods(self, d: Derivatives, x: torch.Tensor):
+        """``(fixed (N, K), moving (N, K))`` samples of the points' neighbourhoods; ``moving`` differentiable
+        w.r.t. Φ and J."""
+        n, k = x.shape[0], self.offsets.shape[0]
+        fixed = self.fixed_neighbourhoods(x)
         spread = torch.einsum("nci,ki->nkc", d.J, self.offsets_normalised)  # J δ, (N, K, 3)
         mapped = (d.phi.unsqueeze(1) + spread).reshape(-1, 3) @ self.moving_lin + self.moving_off
         moving = self.sample(self.moving, mapped).reshape(n, k)
@@ -68,8 +76,14 @@ class LocalNCC:
     def __call__(self, d: Derivatives, x: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The mean local NCC at points ``x`` ``(N, 3)`` (normalised) with Φ's derivatives ``d``; ``weights``
         ``(N,)`` restricts it to points mapped into a moving mask."""
-        fixed, moving = self.neighbourhoods(d, x)
-        return local_ncc(fixed, moving, weights)
+        if self.moments is None:
+            fixed, moving = self.neighbourhoods(d, x)
+            return local_ncc(fixed, moving, weights)
+        fixed = self.fixed_neighbourhoods(x)
+        centred = fixed - fixed.mean(dim=1, keepdim=True)
+        cov, var_m = self.moments(self.moving, d.phi, d.J, centred, self.offsets_normalised, self.moving_lin,
+                                  self.moving_off)
+        return local_ncc_from_moments(cov, (centred * centred).mean(dim=1), var_m, weights)
 
 
 __all__ = ["LocalNCC"]

@@ -65,7 +65,8 @@ class _Objective:
         self.alpha, self.compat = float(settings.alpha), settings.compat
         self.similarity = backend.similarity
         self.uses_global = similarity in ("ncc", "ncc+lncc")
-        self.local = LocalNCC(pair, settings.lncc_spacing, backend.sample) if "lncc" in similarity else None
+        self.local = (LocalNCC(pair, settings.lncc_spacing, backend.sample, backend.local_moments)
+                      if "lncc" in similarity else None)
         self.moving, self.moving_weights = pair.moving, pair.moving_weights
         self.lin, self.off = pair.moving_index_affine()
         self.zero = torch.zeros((), dtype=pair.points.dtype, device=pair.points.device)

@@ -1,0 +1,71 @@
+"""The local NCC's moving neighbourhoods and their two moments, fused: ``_C.local_moments_forward`` samples the
+``K`` neighbours of every point at ``Φ + J δ_k`` and returns each neighbourhood's covariance with the (centred)
+fixed neighbourhood and its variance; its backward maps the gradients of those moments to Φ and J in one pass
+(math in ``csrc/local_ncc.h``). The same moments from PyTorch ops (:func:`local_moments_reference`, through the
+compiled trilinear sampling where it runs) are the definition it is tested against, and the path on a GPU or
+without the compiled op.
+"""
+from __future__ import annotations
+
+from typing import Callable, Tuple
+
+import torch
+
+from ..core.sampling import trilinear
+from .sample_ncc import extension, trilinear_fast
+
+
+def local_moments_reference(moving: torch.Tensor, phi: torch.Tensor, jac: torch.Tensor,
+                            fixed_centred: torch.Tensor, offsets: torch.Tensor, lin: torch.Tensor,
+                            off: torch.Tensor, sample: Callable[..., torch.Tensor] = trilinear
+                            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(cov (N,), var (N,))`` of the moving neighbourhoods ``M((Φ_n + J_n δ_k) · lin + off)`` against
+    ``fixed_centred`` ``(N, K)`` (its row means 0); ``phi`` ``(N, 3)``, ``jac`` ``(N, 3, 3)``, ``offsets`` δ
+    ``(K, 3)`` in the network frame. Differentiable w.r.t. ``phi`` and ``jac`` through ``sample``."""
+    n, k = fixed_centred.shape
+    q = phi.unsqueeze(1) + torch.einsum("nci,ki->nkc", jac, offsets)
+    m = sample(moving, (q.reshape(-1, 3) @ lin + off)).reshape(n, k)
+    centred = m - m.mean(dim=1, keepdim=True)
+    return (fixed_centred * m).mean(dim=1), (centred * centred).mean(dim=1)
+
+
+class _LocalMomentsFn(torch.autograd.Function):
+    """The compiled op; its backward reuses the samples and image gradients of the forward (no autograd graph)."""
+
+    @staticmethod
+    def forward(ctx, moving, phi, jac, fixed_centred, offsets, lin, off):
+        cov, var, values, grads = extension().local_moments_forward(
+            moving.contiguous(), phi.detach().contiguous(), jac.detach().contiguous(), fixed_centred.contiguous(),
+            offsets.contiguous(), lin.contiguous(), off.contiguous())
+        ctx.save_for_backward(values, grads, fixed_centred.contiguous(), offsets.contiguous(), lin.contiguous())
+        return cov, var
+
+    @staticmethod
+    def backward(ctx, grad_cov, grad_var):
+        values, grads, fixed_centred, offsets, lin = ctx.saved_tensors
+        n = values.shape[0]
+        zero = values.new_zeros(n)
+        g_cov = zero if grad_cov is None else grad_cov.contiguous()
+        g_var = zero if grad_var is None else grad_var.contiguous()
+        g_phi, g_jac = extension().local_moments_backward(g_cov, g_var, values, grads, fixed_centred, offsets, lin)
+        return None, g_phi, g_jac, None, None, None, None
+
+
+def fused_available(moving: torch.Tensor, phi: torch.Tensor) -> bool:
+    """Whether the compiled op runs for these tensors (CPU, float32/float64 of one dtype, built with it)."""
+    ext = extension()
+    return (ext is not None and hasattr(ext, "local_moments_forward") and moving.device.type == "cpu"
+            and phi.device.type == "cpu" and moving.dtype == phi.dtype
+            and moving.dtype in (torch.float32, torch.float64))
+
+
+def local_moments(moving: torch.Tensor, phi: torch.Tensor, jac: torch.Tensor, fixed_centred: torch.Tensor,
+                  offsets: torch.Tensor, lin: torch.Tensor, off: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`local_moments_reference` through the compiled op where it runs, else through PyTorch ops with the
+    fast trilinear sampling (same values and gradients, tested)."""
+    if fused_available(moving, phi):
+        return _LocalMomentsFn.apply(moving, phi, jac, fixed_centred, offsets, lin, off)
+    return local_moments_reference(moving, phi, jac, fixed_centred, offsets, lin, off, sample=trilinear_fast)
+
+
+__all__ = ["local_moments", "local_moments_reference", "fused_available"]
