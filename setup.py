@@ -63,7 +63,8 @@ def _extensions():
         print(message, file=sys.stderr)
     if with_cuda:
         nvcc = ["-O3"] + nvcc_arch_flags(os.environ.get("IDIR_FAST_CUDA_ARCHS", "80;90").split(";"))
-        ext = CUDAExtension("idir_fast._C", sources + [f"{csrc}/sample_ncc_cuda.cpp", f"{csrc}/sample_ncc.cu"],
+        ext = CUDAExtension("idir_fast._C", sources + [f"{csrc}/sample_ncc_cuda.cpp", f"{csrc}/sample_ncc.cu",
+                                                      f"{csrc}/local_ncc_cuda.cpp", f"{csrc}/local_ncc.cu"],
                             define_macros=[("WITH_CUDA", None)],
                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
     else:

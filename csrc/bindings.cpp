@@ -18,12 +18,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("trilinear_forward", &trilinear_forward,
         "values (N,), gradients (N,3) = trilinear_forward(volume (nz,ny,nx), index (N,3))", py::arg("volume"),
         py::arg("index"));
-  m.def("local_moments_forward", &local_moments_forward_cpu,
+  m.def("local_moments_forward", &local_moments_forward,
         "cov (N,), var (N,), values (N,K), gradients (N,K,3) = local_moments_forward(moving (nz,ny,nx), phi (N,3), "
         "jac (N,3,3), fixed_centred (N,K), offsets (K,3), lin (3,3), off (3,))",
         py::arg("moving"), py::arg("phi"), py::arg("jac"), py::arg("fixed_centred"), py::arg("offsets"),
         py::arg("lin"), py::arg("off"));
-  m.def("local_moments_backward", &local_moments_backward_cpu,
+  m.def("local_moments_backward", &local_moments_backward,
         "grad_phi (N,3), grad_jac (N,3,3) = local_moments_backward(grad_cov (N,), grad_var (N,), values, gradients, "
         "fixed_centred, offsets, lin)",
         py::arg("grad_cov"), py::arg("grad_var"), py::arg("values"), py::arg("gradients"), py::arg("fixed_centred"),

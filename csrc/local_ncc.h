@@ -1,4 +1,4 @@
-// The local NCC's moving neighbourhoods, fused (CPU): declarations, argument shapes, checks.
+// The local NCC's moving neighbourhoods, fused: declarations, argument shapes, checks and the device dispatch.
 //
 // A point n of a step has the network's Φ_n (3) and J_n (3×3, J[c][i] = ∂Φ_c/∂x_i) and a fixed neighbourhood
 // f_nk (k < K, its mean subtracted: f̃). Its moving neighbourhood is M sampled at q_nk = Φ_n + J_n δ_k (the
@@ -10,8 +10,8 @@
 //   ∂L/∂m_nk = (∂L/∂cov_n f̃_nk + 2 ∂L/∂var_n (m_nk − m̄_n)) / K
 //   ∂L/∂q_nk = lin · (∂L/∂m_nk ∇M(q_nk))           (∇M in the index frame)
 //   ∂L/∂Φ_n = Σ_k ∂L/∂q_nk,   ∂L/∂J_n[c][i] = Σ_k ∂L/∂q_nk[c] δ_k[i]
-// Every output is per point (no reduction across points), so any thread count gives the same bits. There is no
-// CUDA twin yet: on a GPU the same moments come from PyTorch ops (idir_fast.ops.local_ncc).
+// Every output is per point (no reduction across points), so any thread count gives the same bits. The per-point
+// math is local_ncc_math.h, shared by the CPU loop (local_ncc_cpu.cpp) and the CUDA kernel (local_ncc.cu).
 #pragma once
 #include <torch/extension.h>
 
@@ -20,7 +20,7 @@
 // Forward.
 //   moving:        (nz, ny, nx) float32/float64, contiguous.
 //   phi:           (N, 3), jac: (N, 3, 3), fixed_centred: (N, K), offsets: (K, 3), lin: (3, 3), off: (3,) — the
-//                  dtype of moving, contiguous, on the CPU.
+//                  dtype and device of moving, contiguous.
 // Returns {cov (N,), var (N,), values (N, K), gradients (N, K, 3)} (values and gradients: for the backward).
 std::vector<at::Tensor> local_moments_forward_cpu(const at::Tensor& moving, const at::Tensor& phi,
                                                   const at::Tensor& jac, const at::Tensor& fixed_centred,
@@ -35,6 +35,17 @@ std::vector<at::Tensor> local_moments_backward_cpu(const at::Tensor& grad_cov, c
                                                    const at::Tensor& values, const at::Tensor& gradients,
                                                    const at::Tensor& fixed_centred, const at::Tensor& offsets,
                                                    const at::Tensor& lin);
+
+#ifdef WITH_CUDA
+std::vector<at::Tensor> local_moments_forward_cuda(const at::Tensor& moving, const at::Tensor& phi,
+                                                   const at::Tensor& jac, const at::Tensor& fixed_centred,
+                                                   const at::Tensor& offsets, const at::Tensor& lin,
+                                                   const at::Tensor& off);
+std::vector<at::Tensor> local_moments_backward_cuda(const at::Tensor& grad_cov, const at::Tensor& grad_var,
+                                                    const at::Tensor& values, const at::Tensor& gradients,
+                                                    const at::Tensor& fixed_centred, const at::Tensor& offsets,
+                                                    const at::Tensor& lin);
+#endif
 
 inline void local_moments_check(const at::Tensor& moving, const at::Tensor& phi, const at::Tensor& jac,
                                 const at::Tensor& fixed_centred, const at::Tensor& offsets, const at::Tensor& lin,
@@ -58,8 +69,55 @@ inline void local_moments_check(const at::Tensor& moving, const at::Tensor& phi,
   for (const at::Tensor* t : {&phi, &jac, &fixed_centred, &offsets, &lin, &off}) {
     TORCH_CHECK(t->scalar_type() == moving.scalar_type(), "local_moments: every argument must have the dtype of "
                 "'moving' (", moving.scalar_type(), "), got ", t->scalar_type());
-    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous(), "local_moments: arguments must be contiguous CPU tensors");
+    TORCH_CHECK(t->device() == moving.device() && t->is_contiguous(),
+                "local_moments: every argument must be contiguous and on the device of 'moving' (", moving.device(),
+                ")");
   }
-  TORCH_CHECK(moving.device().is_cpu() && moving.is_contiguous(),
-              "local_moments: 'moving' must be a contiguous CPU tensor (no CUDA kernel yet)");
+  TORCH_CHECK(moving.is_contiguous(), "local_moments: 'moving' must be contiguous");
+}
+
+inline void local_moments_check_backward(const at::Tensor& grad_cov, const at::Tensor& grad_var,
+                                         const at::Tensor& values, const at::Tensor& gradients,
+                                         const at::Tensor& fixed_centred, const at::Tensor& offsets,
+                                         const at::Tensor& lin) {
+  TORCH_CHECK(values.dim() == 2, "local_moments_backward: 'values' must have shape (N, K), got ", values.sizes());
+  const int64_t n = values.size(0), k = values.size(1);
+  TORCH_CHECK(grad_cov.numel() == n && grad_var.numel() == n && gradients.numel() == 3 * n * k &&
+                  fixed_centred.numel() == n * k && offsets.numel() == 3 * k && lin.numel() == 9,
+              "local_moments_backward: shapes do not match values (N, K) = ", values.sizes());
+  for (const at::Tensor* t : {&grad_cov, &grad_var, &gradients, &fixed_centred, &offsets, &lin})
+    TORCH_CHECK(t->scalar_type() == values.scalar_type() && t->device() == values.device() && t->is_contiguous(),
+                "local_moments_backward: arguments must be contiguous, of dtype ", values.scalar_type(),
+                " and on ", values.device());
+}
+
+// Device dispatch (what idir_fast._C exposes).
+inline std::vector<at::Tensor> local_moments_forward(const at::Tensor& moving, const at::Tensor& phi,
+                                                     const at::Tensor& jac, const at::Tensor& fixed_centred,
+                                                     const at::Tensor& offsets, const at::Tensor& lin,
+                                                     const at::Tensor& off) {
+  local_moments_check(moving, phi, jac, fixed_centred, offsets, lin, off);
+  if (moving.is_cuda()) {
+#ifdef WITH_CUDA
+    return local_moments_forward_cuda(moving, phi, jac, fixed_centred, offsets, lin, off);
+#else
+    TORCH_CHECK(false, "local_moments: idir_fast was built without CUDA support");
+#endif
+  }
+  return local_moments_forward_cpu(moving, phi, jac, fixed_centred, offsets, lin, off);
+}
+
+inline std::vector<at::Tensor> local_moments_backward(const at::Tensor& grad_cov, const at::Tensor& grad_var,
+                                                      const at::Tensor& values, const at::Tensor& gradients,
+                                                      const at::Tensor& fixed_centred, const at::Tensor& offsets,
+                                                      const at::Tensor& lin) {
+  local_moments_check_backward(grad_cov, grad_var, values, gradients, fixed_centred, offsets, lin);
+  if (values.is_cuda()) {
+#ifdef WITH_CUDA
+    return local_moments_backward_cuda(grad_cov, grad_var, values, gradients, fixed_centred, offsets, lin);
+#else
+    TORCH_CHECK(false, "local_moments: idir_fast was built without CUDA support");
+#endif
+  }
+  return local_moments_backward_cpu(grad_cov, grad_var, values, gradients, fixed_centred, offsets, lin);
 }

@@ -186,6 +186,23 @@ def test_cuda_source_compiles_without_spills(arch, tmp_path):
     assert max(registers) <= 64
 
 
+@pytest.mark.parametrize("arch", ["80", "90"])
+def test_local_ncc_cuda_source_compiles_without_spills(arch, tmp_path):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found")
+    proc = subprocess.run([nvcc, "-c", "-O3", "-std=c++17", f"-arch=sm_{arch}", "--resource-usage",
+                           str(ROOT / "csrc" / "local_ncc.cu"), "-o", str(tmp_path / "k.o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = proc.stdout + proc.stderr
+    spills = [int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
+    registers = [int(x) for x in re.findall(r"Used (\d+) registers", report)]
+    # forward and backward, float and double; 128 threads per block leave up to 255 registers per thread
+    assert len(registers) == 4 and spills and max(spills) == 0, report
+    assert max(registers) <= 128, report
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("use_ext", [False, True, "sampling"])
 def test_nan_points_propagate_instead_of_crashing(use_ext, device):

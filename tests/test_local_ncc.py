@@ -223,17 +223,24 @@ def _moments_inputs(dtype, n=37, seed=3):
     return vol, phi, jac, centred, offsets, lin, off
 
 
+_GPU = ["cuda"] if torch.cuda.is_available() else []
+
+
+@pytest.mark.parametrize("device", ["cpu"] + _GPU)
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)], ids=["float64", "float32"])
-def test_fused_local_moments_match_the_reference_values_and_gradients(dtype, tol):
+def test_fused_local_moments_match_the_reference_values_and_gradients(dtype, tol, device):
     from idir_fast.ops.local_ncc import fused_available, local_moments, local_moments_reference
 
-    vol, phi, jac, centred, offsets, lin, off = _moments_inputs(dtype)
+    vol, phi, jac, centred, offsets, lin, off = (t.detach().to(device) for t in _moments_inputs(dtype))
+    phi.requires_grad_(True)
+    jac.requires_grad_(True)
     if not fused_available(vol, phi):
-        pytest.skip("the compiled op is not built")
+        pytest.skip(f"the compiled op is not built for {device}")
     index = ((phi.detach().unsqueeze(1) + torch.einsum("nci,ki->nkc", jac.detach(), offsets)) @ lin + off)
-    outside = ((index < 0) | (index > torch.tensor([12.0, 10.0, 8.0], dtype=dtype))).any(-1)
+    outside = ((index < 0) | (index > torch.tensor([12.0, 10.0, 8.0], dtype=dtype, device=device))).any(-1)
     assert outside.any() and (~outside).any()  # both kinds of samples are exercised
-    w_cov, w_var = torch.randn(phi.shape[0], dtype=dtype), torch.randn(phi.shape[0], dtype=dtype)
+    w_cov = torch.randn(phi.shape[0], dtype=dtype).to(device)
+    w_var = torch.randn(phi.shape[0], dtype=dtype).to(device)
     results = []
     for fn in (local_moments, local_moments_reference):
         cov, var = fn(vol, phi, jac, centred, offsets, lin, off)

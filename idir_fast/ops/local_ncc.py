@@ -1,9 +1,9 @@
 """The local NCC's moving neighbourhoods and their two moments, fused: ``_C.local_moments_forward`` samples the
 ``K`` neighbours of every point at ``Φ + J δ_k`` and returns each neighbourhood's covariance with the (centred)
 fixed neighbourhood and its variance; its backward maps the gradients of those moments to Φ and J in one pass
-(math in ``csrc/local_ncc.h``). The same moments from PyTorch ops (:func:`local_moments_reference`, through the
-compiled trilinear sampling where it runs) are the definition it is tested against, and the path on a GPU or
-without the compiled op.
+(math in ``csrc/local_ncc.h``; one CPU loop and one CUDA kernel over the same per-point functions). The same
+moments from PyTorch ops (:func:`local_moments_reference`, through the compiled trilinear sampling where it runs)
+are the definition it is tested against, and the path without the compiled op.
 """
 from __future__ import annotations
 
@@ -52,11 +52,13 @@ class _LocalMomentsFn(torch.autograd.Function):
 
 
 def fused_available(moving: torch.Tensor, phi: torch.Tensor) -> bool:
-    """Whether the compiled op runs for these tensors (CPU, float32/float64 of one dtype, built with it)."""
+    """Whether the compiled op runs for these tensors: float32/float64 of one dtype on one device, the CPU or a
+    CUDA device when ``_C`` was built with its CUDA kernels."""
     ext = extension()
-    return (ext is not None and hasattr(ext, "local_moments_forward") and moving.device.type == "cpu"
-            and phi.device.type == "cpu" and moving.dtype == phi.dtype
-            and moving.dtype in (torch.float32, torch.float64))
+    if ext is None or not hasattr(ext, "local_moments_forward") or moving.device != phi.device:
+        return False
+    on_device = moving.device.type == "cpu" or (moving.device.type == "cuda" and getattr(ext, "with_cuda", False))
+    return on_device and moving.dtype == phi.dtype and moving.dtype in (torch.float32, torch.float64)
 
 
 def local_moments(moving: torch.Tensor, phi: torch.Tensor, jac: torch.Tensor, fixed_centred: torch.Tensor,
