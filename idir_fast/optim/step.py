@@ -22,22 +22,11 @@ from ..core.sampling import trilinear_with_gradient
 from ..core.siren import Siren
 from ..ops.siren_streams import siren_streams
 from ..settings import RunSettings
+from .adam import make_adam
 from .local_similarity import LocalNCC
 from .prepare import PreparedPair
 
 HISTORY_TERMS = ("loss", "similarity", "regularization")
-
-
-def make_adam(params: Sequence[torch.Tensor], lr: float, device: torch.device, capturable: bool = False):
-    """Adam with PyTorch's defaults but ``lr``; the fused implementation where this torch has it (one kernel
-    for all parameters, and no host read of the step count, on CPU too), capturable on CUDA."""
-    kwargs = {"capturable": True} if capturable else {}
-    if capturable:  # a learning-rate schedule inside a CUDA graph: the rate lives on the device
-        lr = torch.tensor(float(lr), device=device)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):  # an old torch without fused Adam on this device
-        return torch.optim.Adam(params, lr=lr, **kwargs)
 
 
 @contextlib.contextmanager
