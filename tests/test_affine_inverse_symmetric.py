@@ -52,6 +52,22 @@ def test_affine_stage_recovers_a_known_affine(shared_data):
     assert without.metrics["tre"]["mean"] > 3 * reg.metrics["tre"]["mean"]  # the same budget without it
 
 
+def test_the_affine_metric_draws_at_most_its_sample_cap_per_level():
+    """A stochastic gradient of a bounded sample per iteration: a 1 mm brain's full-resolution level would otherwise
+    draw 10 % of ~7 million voxels every iteration; a small image keeps the plain fraction."""
+    from idir_fast.optim import affine
+
+    big, small = sitk.Image(160, 192, 224, sitk.sitkFloat32), sitk.Image(40, 30, 20, sitk.sitkFloat32)
+    for image in (big, small):
+        fractions = affine.sampling_per_level(image)
+        assert len(fractions) == len(affine.SHRINK) and all(0 < f <= affine.SAMPLING for f in fractions)
+        for f, shrink in zip(fractions, affine.SHRINK):
+            voxels = np.prod([max(1, s // shrink) for s in image.GetSize()])
+            assert f * voxels <= affine.MAX_SAMPLES * (1 + 1e-9)
+    assert affine.sampling_per_level(small) == [affine.SAMPLING] * len(affine.SHRINK)
+    assert affine.sampling_per_level(big)[-1] * 160 * 192 * 224 == pytest.approx(affine.MAX_SAMPLES)
+
+
 @pytest.mark.parametrize("form", [".tfm", ".txt", ".h5", ".mat", "sitk", "matrix"])
 def test_every_starting_transform_form_is_read_and_applied_identically(affine_case, form, tmp_path):
     p, A, moving, _ = affine_case
