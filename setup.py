@@ -107,6 +107,8 @@ def _setup(ext_modules, cmdclass):
             "SimpleITK>=2.2",
             "tqdm>=4.60",
             "matplotlib>=3.5",
+            # ISA-L's gzip for the .nii.gz outputs (zlib's deflate was most of the time of writing an output set)
+            "isal>=1.0",
         ],
         extras_require={
             "test": ["pytest>=7", "pytest-benchmark>=4"],

@@ -43,11 +43,19 @@ class LocalNCC:
         offsets = stencil_offsets(spacing, dtype=dt, device=dev)  # (K, 3) fixed voxels
         self.offsets = offsets
         # The points are voxel centres, so with a whole-voxel spacing every fixed sample is a voxel (clamped to the
-        # grid as trilinear sampling clamps it): read it directly — one load instead of eight, and no weights.
+        # grid as trilinear sampling clamps it): read it directly — one load instead of eight, and no weights —
+        # from the volume padded by the stencil's reach with its edge values, which is that clamping done once:
+        # a neighbour is then the centre's flat index plus a constant, (N, K) indices and one gather per step.
         self.voxel_offsets = offsets.round().long() if float(spacing).is_integer() else None
-        nz, ny, nx = self.fixed.shape
-        self.fixed_upper = torch.tensor([nx - 1, ny - 1, nz - 1], dtype=torch.long, device=dev)
-        self.fixed_strides = torch.tensor([1, nx, nx * ny], dtype=torch.long, device=dev)
+        if self.voxel_offsets is not None:
+            r = int(self.voxel_offsets.abs().max())
+            nz, ny, nx = self.fixed.shape
+            padded = torch.nn.functional.pad(self.fixed[None, None], (r,) * 6, mode="replicate")[0, 0]
+            self.fixed_padded = padded.reshape(-1).contiguous()
+            strides = torch.tensor([1, nx + 2 * r, (nx + 2 * r) * (ny + 2 * r)], dtype=torch.long, device=dev)
+            self.padded_strides, self.reach = strides, r
+            self.padded_offsets = (self.voxel_offsets * strides).sum(-1) + r * int(strides.sum())  # (K,)
+            self.fixed_upper = torch.tensor([nx - 1, ny - 1, nz - 1], dtype=torch.long, device=dev)
         # the same offsets in the network's frame: δ_n = (index → normalised) · δ_voxel
         index_to_n = torch.linalg.inv(n2fi)[:3, :3]
         self.offsets_normalised = (offsets @ index_to_n.T).contiguous()
@@ -57,10 +65,10 @@ class LocalNCC:
         """``(N, K)`` fixed samples of the neighbourhoods of points ``x`` ``(N, 3)`` (constant)."""
         n, k = x.shape[0], self.offsets.shape[0]
         centre = x @ self.fixed_lin + self.fixed_off
-        if self.voxel_offsets is not None:
-            voxels = (centre.round().long().unsqueeze(1) + self.voxel_offsets).clamp_(min=0)
-            voxels = torch.minimum(voxels, self.fixed_upper)
-            return self.fixed.reshape(-1)[(voxels * self.fixed_strides).sum(-1)]
+        if self.voxel_offsets is not None:  # centres on the grid (the points are in it): clamped, then offset
+            voxel = torch.minimum(centre.round().long().clamp_(min=0), self.fixed_upper)
+            flat = (voxel * self.padded_strides).sum(-1, keepdim=True) + self.padded_offsets  # (N, K)
+            return self.fixed_padded[flat]
         return self.sample(self.fixed, (centre.unsqueeze(1) + self.offsets).reshape(-1, 3)).reshape(n, k).detach()
 
     def neighbourhoods(self, d: Derivatives, x: torch.Tensor):
