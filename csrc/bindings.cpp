@@ -20,9 +20,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("index"));
   m.def("local_moments_forward", &local_moments_forward,
         "cov (N,), var (N,), values (N,K), gradients (N,K,3) = local_moments_forward(moving (nz,ny,nx), phi (N,3), "
-        "jac (N,3,3), fixed_centred (N,K), offsets (K,3), lin (3,3), off (3,))",
+        "jac (N,3,3), fixed_centred (N,K), offsets (K,3), lin (3,3), off (3,), values_out=None, gradients_out=None)"
+        " — values and gradients written into the given tensors when they are given",
         py::arg("moving"), py::arg("phi"), py::arg("jac"), py::arg("fixed_centred"), py::arg("offsets"),
-        py::arg("lin"), py::arg("off"));
+        py::arg("lin"), py::arg("off"), py::arg("values_out") = py::none(), py::arg("gradients_out") = py::none());
   m.def("local_moments_backward", &local_moments_backward,
         "grad_phi (N,3), grad_jac (N,3,3) = local_moments_backward(grad_cov (N,), grad_var (N,), values, gradients, "
         "fixed_centred, offsets, lin)",

@@ -21,11 +21,14 @@
 //   moving:        (nz, ny, nx) float32/float64, contiguous.
 //   phi:           (N, 3), jac: (N, 3, 3), fixed_centred: (N, K), offsets: (K, 3), lin: (3, 3), off: (3,) — the
 //                  dtype and device of moving, contiguous.
-// Returns {cov (N,), var (N,), values (N, K), gradients (N, K, 3)} (values and gradients: for the backward).
+//   values:        (N, K), gradients: (N, K, 3) — outputs, written (the samples and their image gradients, for
+//                  the backward): given by the caller (a step's buffers, reused) or made by the dispatch below.
+// Returns {cov (N,), var (N,), values, gradients}.
 std::vector<at::Tensor> local_moments_forward_cpu(const at::Tensor& moving, const at::Tensor& phi,
                                                   const at::Tensor& jac, const at::Tensor& fixed_centred,
                                                   const at::Tensor& offsets, const at::Tensor& lin,
-                                                  const at::Tensor& off);
+                                                  const at::Tensor& off, const at::Tensor& values,
+                                                  const at::Tensor& gradients);
 
 // Backward.
 //   grad_cov, grad_var: (N,); values (N, K), gradients (N, K, 3), fixed_centred (N, K), offsets (K, 3),
@@ -40,7 +43,8 @@ std::vector<at::Tensor> local_moments_backward_cpu(const at::Tensor& grad_cov, c
 std::vector<at::Tensor> local_moments_forward_cuda(const at::Tensor& moving, const at::Tensor& phi,
                                                    const at::Tensor& jac, const at::Tensor& fixed_centred,
                                                    const at::Tensor& offsets, const at::Tensor& lin,
-                                                   const at::Tensor& off);
+                                                   const at::Tensor& off, const at::Tensor& values,
+                                                   const at::Tensor& gradients);
 std::vector<at::Tensor> local_moments_backward_cuda(const at::Tensor& grad_cov, const at::Tensor& grad_var,
                                                     const at::Tensor& values, const at::Tensor& gradients,
                                                     const at::Tensor& fixed_centred, const at::Tensor& offsets,
@@ -92,19 +96,35 @@ inline void local_moments_check_backward(const at::Tensor& grad_cov, const at::T
 }
 
 // Device dispatch (what idir_fast._C exposes).
+// An output the caller gives must have the shape, dtype and device the op writes, and be contiguous.
+inline at::Tensor local_moments_output(const c10::optional<at::Tensor>& given, at::IntArrayRef shape,
+                                       const at::Tensor& like, const char* name) {
+  if (!given.has_value()) return at::empty(shape, like.options());
+  const at::Tensor& out = *given;
+  TORCH_CHECK(out.sizes() == shape, "local_moments: '", name, "' must have shape ", shape, ", got ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == like.scalar_type() && out.device() == like.device() && out.is_contiguous(),
+              "local_moments: '", name, "' must be contiguous, of dtype ", like.scalar_type(), " and on ",
+              like.device());
+  return out;
+}
 inline std::vector<at::Tensor> local_moments_forward(const at::Tensor& moving, const at::Tensor& phi,
                                                      const at::Tensor& jac, const at::Tensor& fixed_centred,
                                                      const at::Tensor& offsets, const at::Tensor& lin,
-                                                     const at::Tensor& off) {
+                                                     const at::Tensor& off,
+                                                     const c10::optional<at::Tensor>& values_out,
+                                                     const c10::optional<at::Tensor>& gradients_out) {
   local_moments_check(moving, phi, jac, fixed_centred, offsets, lin, off);
+  const int64_t n = phi.size(0), k = fixed_centred.size(1);
+  const at::Tensor values = local_moments_output(values_out, {n, k}, phi, "values_out");
+  const at::Tensor gradients = local_moments_output(gradients_out, {n, k, 3}, phi, "gradients_out");
   if (moving.is_cuda()) {
 #ifdef WITH_CUDA
-    return local_moments_forward_cuda(moving, phi, jac, fixed_centred, offsets, lin, off);
+    return local_moments_forward_cuda(moving, phi, jac, fixed_centred, offsets, lin, off, values, gradients);
 #else
     TORCH_CHECK(false, "local_moments: idir_fast was built without CUDA support");
 #endif
   }
-  return local_moments_forward_cpu(moving, phi, jac, fixed_centred, offsets, lin, off);
+  return local_moments_forward_cpu(moving, phi, jac, fixed_centred, offsets, lin, off, values, gradients);
 }
 
 inline std::vector<at::Tensor> local_moments_backward(const at::Tensor& grad_cov, const at::Tensor& grad_var,

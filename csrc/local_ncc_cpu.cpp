@@ -36,12 +36,11 @@ void backward_points(const T* g_cov, const T* g_var, const T* values, const T* g
 std::vector<at::Tensor> local_moments_forward_cpu(const at::Tensor& moving, const at::Tensor& phi,
                                                   const at::Tensor& jac, const at::Tensor& fixed_centred,
                                                   const at::Tensor& offsets, const at::Tensor& lin,
-                                                  const at::Tensor& off) {
+                                                  const at::Tensor& off, const at::Tensor& values,
+                                                  const at::Tensor& grads) {
   const int64_t n = phi.size(0), k = fixed_centred.size(1);
   auto cov = at::empty({n}, phi.options());
   auto var = at::empty({n}, phi.options());
-  auto values = at::empty({n, k}, phi.options());
-  auto grads = at::empty({n, k, 3}, phi.options());
   const int nz = moving.size(0), ny = moving.size(1), nx = moving.size(2);
   AT_DISPATCH_FLOATING_TYPES(moving.scalar_type(), "local_moments_forward_cpu", [&] {
     forward_points<scalar_t>(moving.data_ptr<scalar_t>(), nx, ny, nz, phi.data_ptr<scalar_t>(),

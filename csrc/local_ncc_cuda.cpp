@@ -9,13 +9,12 @@
 std::vector<at::Tensor> local_moments_forward_cuda(const at::Tensor& moving, const at::Tensor& phi,
                                                    const at::Tensor& jac, const at::Tensor& fixed_centred,
                                                    const at::Tensor& offsets, const at::Tensor& lin,
-                                                   const at::Tensor& off) {
+                                                   const at::Tensor& off, const at::Tensor& values,
+                                                   const at::Tensor& grads) {
   const c10::cuda::CUDAGuard guard(moving.device());
   const int64_t n = phi.size(0), k = fixed_centred.size(1);
   auto cov = at::empty({n}, phi.options());
   auto var = at::empty({n}, phi.options());
-  auto values = at::empty({n, k}, phi.options());
-  auto grads = at::empty({n, k, 3}, phi.options());
   auto stream = at::cuda::getCurrentCUDAStream().stream();
   AT_DISPATCH_FLOATING_TYPES(moving.scalar_type(), "local_moments_forward_cuda", [&] {
     const cudaError_t err = idir::local_moments_forward_launch<scalar_t>(

@@ -272,6 +272,50 @@ def test_fused_local_moments_name_the_bad_argument():
         ext.local_moments_forward(vol, phi.float(), jac, centred, offsets, lin, off)
 
 
+def test_fused_local_moments_refuse_bad_output_buffers():
+    from idir_fast.ops.sample_ncc import extension
+
+    ext = extension()
+    if ext is None or not hasattr(ext, "local_moments_forward"):
+        pytest.skip("the compiled op is not built")
+    vol, phi, jac, centred, offsets, lin, off = (t.detach() for t in _moments_inputs(torch.float64))
+    n, k = centred.shape
+    with pytest.raises(RuntimeError, match="'values_out' must have shape"):
+        ext.local_moments_forward(vol, phi, jac, centred, offsets, lin, off, values_out=torch.empty(n, k + 1,
+                                                                                                    dtype=vol.dtype))
+    with pytest.raises(RuntimeError, match="'gradients_out' must be contiguous, of dtype"):
+        ext.local_moments_forward(vol, phi, jac, centred, offsets, lin, off,
+                                  gradients_out=torch.empty(n, k, 3, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_moments_through_a_workspace_are_bit_for_bit_and_reuse_its_buffers(dtype):
+    """Written into a :class:`MomentsWorkspace` the moments and both gradients are the same bits as through
+    freshly allocated outputs, for point counts that shrink and grow; a size seen before reuses the buffers; a
+    second forward before the first's backward makes that backward an error, not a wrong gradient."""
+    from idir_fast.ops.local_ncc import MomentsWorkspace, fused_available, local_moments
+
+    ws = MomentsWorkspace()
+    for n in (37, 20, 37, 41):
+        vol, phi, jac, centred, offsets, lin, off = _moments_inputs(dtype, n=n, seed=n)
+        if not fused_available(vol, phi):
+            pytest.skip("the compiled op is not built")
+        got = []
+        for workspace in (ws, None):
+            cov, var = local_moments(vol, phi, jac, centred, offsets, lin, off, workspace)
+            got.append([cov.detach(), var.detach(),
+                        *torch.autograd.grad((cov * 1.3 - var * 0.7).sum(), (phi, jac))])
+        for a, b in zip(*got):
+            assert torch.equal(a, b)
+    held = ws._values.data_ptr(), ws._grads.data_ptr()
+    vol, phi, jac, centred, offsets, lin, off = _moments_inputs(dtype, n=30, seed=1)
+    first = local_moments(vol, phi, jac, centred, offsets, lin, off, ws)[0]
+    assert (ws._values.data_ptr(), ws._grads.data_ptr()) == held
+    local_moments(vol, phi, jac, centred, offsets, lin, off, ws)
+    with pytest.raises(RuntimeError, match="overwrote this one's samples"):
+        torch.autograd.grad(first.sum(), phi)
+
+
 def test_the_fast_backends_score_the_local_ncc_through_the_fused_moments():
     assert backends.get("torch").local_moments is not None and backends.get("triton").local_moments is not None
     assert backends.get("reference").local_moments is None  # the reference samples and scores with PyTorch ops

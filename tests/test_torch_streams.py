@@ -183,18 +183,20 @@ def test_workspace_streams_equal_the_allocating_ones_bit_for_bit_and_reuse_their
     assert {id(t): t.data_ptr() for t in ws.forward_buffers(33)["a"]} == ptrs
 
 
-def test_cpu_step_makes_no_large_allocation_after_its_first():
-    """A whole training step of the default CPU path (fused kernels, the step's workspace) allocates nothing of
-    the size of the network's stream tensors (S·N·width) once it has run — only per-point tensors of the objective
-    (J, H: N·18 floats) — so glibc has no large block to map and zero-fill afresh every step, whatever the
-    process's malloc settings (``register()`` no longer changes them)."""
+@pytest.mark.parametrize("similarity", ["ncc", "ncc+lncc"])
+def test_cpu_step_makes_no_large_allocation_after_its_first(similarity):
+    """A whole training step of the default CPU path (fused kernels, the step's workspace; the global NCC of the
+    blurred stage and the global + local NCC of the sharp one) allocates nothing of the size of the network's
+    stream tensors (S·N·width) once it has run — only per-point tensors of the objective (J, H: N·18 floats; the
+    local NCC's neighbourhood indices, N·27) — so glibc has no large block to map and zero-fill afresh every
+    step, whatever the process's malloc settings (``register()`` no longer changes them)."""
     from torch.profiler import ProfilerActivity, profile
 
     from idir_fast.apps.bench import make_step
 
     if not _ops.fused_available(torch.zeros(1, 3)):
         pytest.skip("compiled extension without the stream kernels")
-    step, pair = make_step("torch", "bending", 2000, (64, 64, 64), "cpu")
+    step, pair = make_step("torch", "bending", 2000, (64, 64, 64), "cpu", similarity=similarity)
     x, f = pair.points[None], pair.fixed_values[None]
     step(x, f)
     step(x, f)

@@ -96,10 +96,10 @@ def _fast_sample(volume, index):
     return trilinear_fast(volume, index)
 
 
-def _fast_local_moments(moving, phi, jac, fixed_centred, offsets, lin, off):
+def _fast_local_moments(moving, phi, jac, fixed_centred, offsets, lin, off, workspace=None):
     from ..ops.local_ncc import local_moments
 
-    return local_moments(moving, phi, jac, fixed_centred, offsets, lin, off)
+    return local_moments(moving, phi, jac, fixed_centred, offsets, lin, off, workspace)
 
 
 def _fast_similarity(moving, index, fixed_values, compat=None, weights=None):

@@ -7,7 +7,7 @@ are the definition it is tested against, and the path without the compiled op.
 """
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -29,26 +29,57 @@ def local_moments_reference(moving: torch.Tensor, phi: torch.Tensor, jac: torch.
     return (fixed_centred * m).mean(dim=1), (centred * centred).mean(dim=1)
 
 
+class MomentsWorkspace:
+    """The op's largest outputs — the samples ``(N, K)`` and their image gradients ``(N, K, 3)``, kept for the
+    backward — in buffers made once and reused by every step (grown when a step has more points), so a step of the
+    local NCC allocates only per-point tensors. One forward's buffers serve until its backward: a second forward
+    through the same workspace before it makes that backward an error (``generation``), never a wrong gradient."""
+
+    def __init__(self):
+        self._values: Optional[torch.Tensor] = None
+        self._grads: Optional[torch.Tensor] = None
+        self.generation = 0
+
+    def buffers(self, n: int, k: int, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(values (n, k), gradients (n, k, 3))`` views of the buffers, for a forward (a new generation)."""
+        if (self._values is None or self._values.numel() < n * k or self._values.dtype != like.dtype
+                or self._values.device != like.device):
+            self._values = torch.empty(n * k, dtype=like.dtype, device=like.device)
+            self._grads = torch.empty(n * k * 3, dtype=like.dtype, device=like.device)
+        self.generation += 1
+        return self._values[: n * k].view(n, k), self._grads[: n * k * 3].view(n, k, 3)
+
+
 class _LocalMomentsFn(torch.autograd.Function):
-    """The compiled op; its backward reuses the samples and image gradients of the forward (no autograd graph)."""
+    """The compiled op; its backward reuses the samples and image gradients of the forward (no autograd graph),
+    held in a :class:`MomentsWorkspace` when one is given."""
 
     @staticmethod
-    def forward(ctx, moving, phi, jac, fixed_centred, offsets, lin, off):
+    def forward(ctx, moving, phi, jac, fixed_centred, offsets, lin, off, workspace=None):
+        out = {}
+        if workspace is not None:
+            values_out, grads_out = workspace.buffers(phi.shape[0], fixed_centred.shape[1], phi)
+            out = dict(values_out=values_out, gradients_out=grads_out)
         cov, var, values, grads = extension().local_moments_forward(
             moving.contiguous(), phi.detach().contiguous(), jac.detach().contiguous(), fixed_centred.contiguous(),
-            offsets.contiguous(), lin.contiguous(), off.contiguous())
+            offsets.contiguous(), lin.contiguous(), off.contiguous(), **out)
+        ctx.workspace = workspace
+        ctx.generation = None if workspace is None else workspace.generation
         ctx.save_for_backward(values, grads, fixed_centred.contiguous(), offsets.contiguous(), lin.contiguous())
         return cov, var
 
     @staticmethod
     def backward(ctx, grad_cov, grad_var):
+        if ctx.workspace is not None and ctx.workspace.generation != ctx.generation:
+            raise RuntimeError("local_moments: another forward through the same MomentsWorkspace overwrote this "
+                               "one's samples before its backward; give each pending forward its own workspace")
         values, grads, fixed_centred, offsets, lin = ctx.saved_tensors
         n = values.shape[0]
         zero = values.new_zeros(n)
         g_cov = zero if grad_cov is None else grad_cov.contiguous()
         g_var = zero if grad_var is None else grad_var.contiguous()
         g_phi, g_jac = extension().local_moments_backward(g_cov, g_var, values, grads, fixed_centred, offsets, lin)
-        return None, g_phi, g_jac, None, None, None, None
+        return None, g_phi, g_jac, None, None, None, None, None
 
 
 def fused_available(moving: torch.Tensor, phi: torch.Tensor) -> bool:
@@ -62,12 +93,14 @@ def fused_available(moving: torch.Tensor, phi: torch.Tensor) -> bool:
 
 
 def local_moments(moving: torch.Tensor, phi: torch.Tensor, jac: torch.Tensor, fixed_centred: torch.Tensor,
-                  offsets: torch.Tensor, lin: torch.Tensor, off: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """:func:`local_moments_reference` through the compiled op where it runs, else through PyTorch ops with the
-    fast trilinear sampling (same values and gradients, tested)."""
+                  offsets: torch.Tensor, lin: torch.Tensor, off: torch.Tensor,
+                  workspace: Optional[MomentsWorkspace] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`local_moments_reference` through the compiled op where it runs (its large outputs in ``workspace``'s
+    buffers when one is given), else through PyTorch ops with the fast trilinear sampling (same values and
+    gradients, tested)."""
     if fused_available(moving, phi):
-        return _LocalMomentsFn.apply(moving, phi, jac, fixed_centred, offsets, lin, off)
+        return _LocalMomentsFn.apply(moving, phi, jac, fixed_centred, offsets, lin, off, workspace)
     return local_moments_reference(moving, phi, jac, fixed_centred, offsets, lin, off, sample=trilinear_fast)
 
 
-__all__ = ["local_moments", "local_moments_reference", "fused_available"]
+__all__ = ["local_moments", "local_moments_reference", "fused_available", "MomentsWorkspace"]

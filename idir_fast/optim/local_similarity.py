@@ -16,6 +16,7 @@ import torch
 
 from ..core.derivatives import Derivatives
 from ..core.objectives import local_ncc, local_ncc_from_moments, stencil_offsets
+from ..ops.local_ncc import MomentsWorkspace
 from .prepare import PreparedPair
 
 
@@ -60,6 +61,8 @@ class LocalNCC:
         index_to_n = torch.linalg.inv(n2fi)[:3, :3]
         self.offsets_normalised = (offsets @ index_to_n.T).contiguous()
         self.moving_lin, self.moving_off = pair.moving_index_affine()
+        # the fused op's samples and image gradients (kept for its backward) in buffers reused by every step
+        self.workspace = MomentsWorkspace() if moments is not None else None
 
     def fixed_neighbourhoods(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, K)`` fixed samples of the neighbourhoods of points ``x`` ``(N, 3)`` (constant)."""
@@ -90,7 +93,7 @@ class LocalNCC:
         fixed = self.fixed_neighbourhoods(x)
         centred = fixed - fixed.mean(dim=1, keepdim=True)
         cov, var_m = self.moments(self.moving, d.phi, d.J, centred, self.offsets_normalised, self.moving_lin,
-                                  self.moving_off)
+                                  self.moving_off, self.workspace)
         return local_ncc_from_moments(cov, (centred * centred).mean(dim=1), var_m, weights)
 
 
