@@ -30,6 +30,12 @@ def environment(device: Optional[torch.device] = None) -> dict:
         env["triton"] = triton.__version__
     except Exception:  # noqa: BLE001 — triton is optional on non-Linux platforms
         env["triton"] = None
+    try:  # writes the .nii.gz outputs (idir_fast.io.images); ITK compresses them without it
+        import isal
+
+        env["isal"] = isal.__version__
+    except ImportError:
+        env["isal"] = None
     if device is not None and torch.device(device).type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda

@@ -93,7 +93,7 @@ AUTO: Dict[str, Profile] = {
 }
 
 FINE: Dict[str, Profile] = {
-    # ~3–4× the time of "auto" on the CPU for the inter-subject brain's last Dice points: a wider network, three
+    # 2–3× the time of "auto" on the CPU for the inter-subject brain's last Dice points: a wider network, three
     # times the steps, the sharp stage on the local NCC of 7-voxel windows (docs/measurements.md)
     "cpu": Profile(hidden=(64, 64, 64), omega=32.0, epochs=1200, points=1500, lr=5e-4,
                    stages=((0.4, 0.5, 2.0, "ncc"), (0.6, 1.0, 0.0, "lncc")), tol=1e-4, lncc_spacing=3.0,

@@ -216,6 +216,11 @@ def test_a_compressed_nifti_written_through_isal_is_itks_file_and_the_fallback_i
 
     field = reg.displacement_field()
     assert images._isal_gzip() is not None  # a dependency: this is the path every install takes
+    import isal
+
+    from idir_fast.environment import environment
+
+    assert environment()["isal"] == isal.__version__ and reg.run["versions"]["isal"] == isal.__version__
     first, second = tmp_path / "a" / "f.nii.gz", tmp_path / "b" / "f.nii.gz"
     for path in (first, second):
         path.parent.mkdir()
