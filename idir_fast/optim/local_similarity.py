@@ -54,7 +54,7 @@ class LocalNCC:
             padded = torch.nn.functional.pad(self.fixed[None, None], (r,) * 6, mode="replicate")[0, 0]
             self.fixed_padded = padded.reshape(-1).contiguous()
             strides = torch.tensor([1, nx + 2 * r, (nx + 2 * r) * (ny + 2 * r)], dtype=torch.long, device=dev)
-            self.padded_strides, self.reach = strides, r
+            self.padded_strides = strides
             self.padded_offsets = (self.voxel_offsets * strides).sum(-1) + r * int(strides.sum())  # (K,)
             self.fixed_upper = torch.tensor([nx - 1, ny - 1, nz - 1], dtype=torch.long, device=dev)
         # the same offsets in the network's frame: δ_n = (index → normalised) · δ_voxel
