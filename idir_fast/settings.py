@@ -39,11 +39,10 @@ def _setting(default, help: str, *, check: Optional[Callable[[Any], Any]] = None
 
 def parse_hidden(text: str) -> Tuple[int, ...]:
     """``"256,256,256"`` or ``"256x256x256"`` → ``(256, 256, 256)``."""
-    try:
-        widths = tuple(int(v) for v in str(text).replace("x", ",").split(",") if v.strip())
+    try:  # every separated part must be a width: "4,x" or "4,,4" is a typo, not (4,) or (4, 4)
+        return tuple(int(v) for v in str(text).strip().replace("x", ",").split(","))
     except ValueError:
         raise ValueError(f"'hidden' must be comma-separated widths like 256,256,256, got {text!r}") from None
-    return widths
 
 
 @dataclass(frozen=True)

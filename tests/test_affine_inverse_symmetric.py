@@ -198,7 +198,7 @@ def test_moving_mask_keeps_an_unmasked_structure_from_pulling_the_registration()
     before = masked.metrics["tre_initial"]["mean"]
     assert pulled.metrics["tre"]["mean"] > before
     assert masked.metrics["tre"]["mean"] < 0.4 * before, masked.metrics["tre"]
-    with pytest.raises(idir_fast.InputError, match="'moving_mask' must have the fixed image's size"):
+    with pytest.raises(idir_fast.InputError, match="'moving_mask' must have the moving image's size"):
         idir_fast.register(image(fixed), image(moving), moving_mask=image(np.ones((5, 5, 5)), np.uint8), **kw)
 
 

@@ -106,11 +106,13 @@ def test_the_command_writes_images_and_points_into_new_folders(saved, tmp_path, 
 @pytest.mark.parametrize("args,message", [
     (["nowhere.pt", "x.nii.gz"], "'input': file not found"),
     (["MODEL", "LABELS", "--out", "OUT.txt"], "'--out'"),
+    (["MODEL", "LABELS", "--out", "OUT.xyz"], "'--out'"),  # an unknown image format, before any resampling
     (["MISSING", "LABELS"], "'transform'"),
 ])
 def test_the_command_names_what_is_wrong_before_any_work(saved, tmp_path, capsys, args, message):
     reg, outputs, labels, out = saved
     subst = {"MODEL": str(outputs["model"]), "LABELS": str(out / "labels.nii.gz"), "OUT.txt": str(tmp_path / "o.txt"),
+             "OUT.xyz": str(tmp_path / "o.xyz"),
              "MISSING": str(tmp_path / "missing_model.pt")}
     argv = ["apply", *[subst.get(a, a) for a in args]]
     if "--out" not in argv:

@@ -9,6 +9,7 @@ import torch
 import idir_fast
 from idir_fast import InputError
 from idir_fast.io import atomic_path, write_image
+from idir_fast.settings import parse_hidden
 
 KW = dict(epochs=2, batch_size=50, hidden=(8,), progress=False)
 
@@ -170,3 +171,11 @@ def test_unknown_option_is_a_type_error_like_python_gives():
         idir_fast.register(None, None, epoch=3)
     with pytest.raises(TypeError, match="register_many\\(\\) got an unexpected keyword argument 'epoch'"):
         idir_fast.register_many([], epoch=3)
+
+
+@pytest.mark.parametrize("text", ["4,x", "4,,4", "x", "", "4.5,8"])
+def test_hidden_widths_are_parsed_whole_or_rejected(text):
+    # a stray separator or word is a typo: it must not silently drop a layer
+    with pytest.raises(ValueError, match="'hidden' must be comma-separated widths"):
+        parse_hidden(text)
+    assert parse_hidden("64,32") == (64, 32) and parse_hidden("96x96x96") == (96, 96, 96)

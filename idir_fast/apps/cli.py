@@ -333,7 +333,8 @@ POINT_SUFFIXES = (".txt", ".csv", ".pts")
 
 def cmd_apply(a) -> int:
     from ..apply import apply, read_saved
-    from ..io.images import write_image
+    from ..io.files import split_extension
+    from ..io.images import SINGLE_FILE_FORMATS, write_image
     from ..io.landmarks import write_points
 
     is_points = Path(a.input).suffix.lower() in POINT_SUFFIXES
@@ -341,6 +342,8 @@ def cmd_apply(a) -> int:
     if is_points != (out.suffix.lower() in POINT_SUFFIXES):
         raise InputError(f"'--out': {a.out!r} must be a {'point file (.txt/.csv)' if is_points else 'image'} like "
                          f"the input {a.input!r}")
+    if not is_points and split_extension(out)[1].lower() not in SINGLE_FILE_FORMATS:
+        raise InputError(f"'--out': {a.out!r} must end in one of {', '.join(SINGLE_FILE_FORMATS)}")
     if not Path(a.input).exists():
         raise InputError(f"'input': file not found: {a.input!r}")
     ensure_folder(out.parent if str(out.parent) else ".", "--out")  # every check before any work
@@ -469,7 +472,7 @@ def cmd_cohort(a) -> int:
     _print_table(rows, ["pair", "status", "TRE before", "TRE after", "folded", "s", "error"])
     plan = summary.get("plan", {})
     print(f"\n{summary['completed']} completed, {summary['failed']} failed ({plan.get('workers')} worker(s) × "
-          f"{plan.get('threads')} thread(s): {plan.get('reason')}); summary in {a.out}/summary.csv")
+          f"{plan.get('threads')} thread(s): {plan.get('reason')}); summary in {Path(a.out) / 'summary.csv'}")
     if summary.get("doubtful"):
         print(f"doubtful (cycle consistency p95 above the flag): {', '.join(summary['doubtful'])}")
     if summary["failed"]:

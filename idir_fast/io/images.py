@@ -203,8 +203,10 @@ def _check_values(arr: np.ndarray, name: str) -> None:
                          "depend on the intensity scale)")
 
 
-def as_mask(obj: Optional[ImageLike], name: str, reference: sitk.Image, **geometry) -> Optional[sitk.Image]:
-    """Validate a mask against the fixed image: same size and geometry, at least one non-zero voxel."""
+def as_mask(obj: Optional[ImageLike], name: str, reference: sitk.Image, reference_name: str = "fixed image",
+            **geometry) -> Optional[sitk.Image]:
+    """Validate a mask against the image it belongs to (``reference``, called ``reference_name`` in errors): same
+    size and geometry, at least one non-zero voxel."""
     if obj is None:
         return None
     if isinstance(obj, np.ndarray) and not geometry.get("spacing"):
@@ -213,9 +215,9 @@ def as_mask(obj: Optional[ImageLike], name: str, reference: sitk.Image, **geomet
     mask = as_image(obj, name, **geometry)
     g_mask, g_ref = ImageGeometry.from_sitk(mask), ImageGeometry.from_sitk(reference)
     if g_mask.size != g_ref.size:
-        raise InputError(f"'{name}' must have the fixed image's size {g_ref.size}, got {g_mask.size}")
+        raise InputError(f"'{name}' must have the {reference_name}'s size {g_ref.size}, got {g_mask.size}")
     if not g_mask.same_grid(g_ref):
-        raise InputError(f"'{name}' must have the fixed image's geometry (spacing {g_ref.spacing}, origin "
+        raise InputError(f"'{name}' must have the {reference_name}'s geometry (spacing {g_ref.spacing}, origin "
                          f"{g_ref.origin}, direction {g_ref.direction}); got spacing {g_mask.spacing}, "
                          f"origin {g_mask.origin}, direction {g_mask.direction}")
     if not np.any(sitk.GetArrayViewFromImage(mask) > 0):
