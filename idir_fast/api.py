@@ -203,29 +203,63 @@ def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = No
         :class:`~idir_fast.registration.Registration`.
     """
     t_start = time.perf_counter()
-    settings = RunSettings.build(settings, "register", **options).resolved()
+    requested = RunSettings.build(settings, "register", **options)
+    settings = requested.resolved()
     with run_threads(settings.threads, settings.torch_device.type) as governor, torch.enable_grad():
-        return _register(fixed, moving, mask, settings, governor, t_start, progress=progress, spacing=spacing,
+        return _register(fixed, moving, mask, requested, settings, governor, t_start, progress=progress,
+                         spacing=spacing,
                          origin=origin, direction=direction, fixed_landmarks=fixed_landmarks,
                          moving_landmarks=moving_landmarks, moving_mask=moving_mask,
                          initial_transform=initial_transform)
 
 
-def _register(fixed, moving, mask, settings: RunSettings, governor, t_start: float, *, progress: bool,
-              **inputs_kw) -> Registration:
+def _register(fixed, moving, mask, requested: RunSettings, settings: RunSettings, governor, t_start: float, *,
+              progress: bool, **inputs_kw) -> Registration:
     """:func:`register` after the settings are checked, inside the run's thread policy."""
     inputs = read_pair(fixed, moving, mask, **inputs_kw)
     check_memory(inputs, settings)
     run = prepare_run(inputs, settings)
     t_prepared = time.perf_counter()
-    trained = optimise(run.pairs, settings, progress=progress, fwd_to_bwd=run.fwd_to_bwd, governor=governor)
-    timings = {"prepare_s": t_prepared - t_start, "optimise_s": trained.loop.seconds,
+    probe = schedule_probe(requested, settings)
+    trained = optimise(run.pairs, settings, progress=progress, fwd_to_bwd=run.fwd_to_bwd, governor=governor,
+                       probe=probe)
+    extra, probe_s = _affine_record(run), 0.0
+    if trained.probe is not None:
+        found = _pair_probe(trained.probe)
+        extra["schedule_probe"] = found
+        if found["escalated_to"]:
+            probe_s = found["seconds"] = trained.loop.seconds
+            settings = requested.replace(schedule=found["escalated_to"]).resolved()
+            check_memory(inputs, settings)
+            trained = optimise(run.pairs, settings, progress=progress, fwd_to_bwd=run.fwd_to_bwd,
+                               governor=governor)
+    timings = {"prepare_s": t_prepared - t_start, "optimise_s": trained.loop.seconds + probe_s,
                "ms_per_epoch": 1000.0 * trained.loop.seconds / max(trained.loop.epochs_run, 1)}
     if run.affine_info:
         timings["affine_s"] = run.affine_info["seconds"]
     backward = (trained.sirens[1], run.pairs[1]) if settings.symmetric else None
-    return _result(0, trained, run.pairs[0], inputs, settings, timings, t_start, extra=_affine_record(run),
+    return _result(0, trained, run.pairs[0], inputs, settings, timings, t_start, extra=extra,
                    backward=backward, governor=governor)
+
+
+#: settings that size a run: a user who sets one has sized it, and the schedule's probe does not resize it
+_SIZING = ("hidden", "omega", "epochs", "batch_size", "lr", "lncc_spacing")
+
+
+def schedule_probe(requested: RunSettings, settings: RunSettings):
+    """The schedule's probe (:class:`~idir_fast.schedule.Probe`) for this run, or ``None``: none when the
+    schedule has none, when a compat mode runs its own, or when the caller sized the run themselves."""
+    probe = settings.profile.probe
+    if probe is None or requested.compat is not None or any(getattr(requested, k) is not None for k in _SIZING):
+        return None
+    return probe
+
+
+def _pair_probe(found: List[dict]) -> dict:
+    """One pair's probe finding (the lower NCC); a symmetric pair (forward and backward networks) escalates when
+    both directions do, as :func:`~idir_fast.optim.run.optimise` stops early only then."""
+    worst = min(found, key=lambda f: f["ncc"])
+    return dict(worst, escalated_to=worst["escalated_to"] if all(f["escalated_to"] for f in found) else None)
 
 
 def _affine_record(run: PreparedRun) -> dict:
@@ -289,7 +323,8 @@ def register_many(pairs: Sequence, *, pairs_per_batch: Optional[int] = None, pro
     Returns:
         one :class:`Registration` per pair, in order.
     """
-    settings = RunSettings.build(settings, "register_many", **options).resolved()
+    requested = RunSettings.build(settings, "register_many", **options)
+    settings = requested.resolved()
     if not pairs:
         raise InputError("'pairs' is empty")
     if pairs_per_batch is not None and (isinstance(pairs_per_batch, bool) or not isinstance(pairs_per_batch, int)
@@ -297,49 +332,77 @@ def register_many(pairs: Sequence, *, pairs_per_batch: Optional[int] = None, pro
         raise InputError(f"'pairs_per_batch' must be a positive integer, got {pairs_per_batch!r}")
     inputs = [read_pair(**_pair_args(i, item), names=f"pairs[{i}].{{}}") for i, item in enumerate(pairs)]
     with run_threads(settings.threads, settings.torch_device.type) as governor, torch.enable_grad():
-        return _register_many(inputs, settings, governor, pairs_per_batch, progress)
+        return _register_many(inputs, requested, settings, governor, pairs_per_batch, progress)
 
 
-def _register_many(inputs: List[PairInputs], settings: RunSettings, governor, pairs_per_batch: Optional[int],
-                   progress: bool) -> List[Registration]:
+def _register_many(inputs: List[PairInputs], requested: RunSettings, settings: RunSettings, governor,
+                   pairs_per_batch: Optional[int], progress: bool) -> List[Registration]:
     """:func:`register_many` after the inputs are read, inside the run's thread policy."""
-    device = settings.torch_device
     runs = [prepare_run(p, settings) for p in inputs]
     prepared = [r.pairs[0] for r in runs]
     batched = settings.backend in ("auto", "torch") and settings.loop == "fast" and not settings.symmetric
     if not batched:  # other backends, and symmetric pairs (already two networks each), go one at a time
         pairs_per_batch = 1
     elif pairs_per_batch is None:
-        pairs_per_batch = memory.pairs_per_batch(min(settings.batch_size, max(p.num_points for p in prepared)),
-                                                 settings.hidden, settings.order,
-                                                 max(int(np.prod(p.moving.shape)) for p in prepared), device)
+        pairs_per_batch = _pairs_per_batch(settings, prepared)
     # pairs with the same effective batch size can share a batched step
     groups: Dict[int, List[int]] = {}
     for i, p in enumerate(prepared):
         groups.setdefault(min(settings.batch_size, p.num_points), []).append(i)
     run_settings = settings.replace(backend="torch") if batched and settings.backend == "auto" else settings
+    probe = schedule_probe(requested, settings)
     results: List[Optional[Registration]] = [None] * len(prepared)
     for members in groups.values():
         for start in range(0, len(members), pairs_per_batch):
             chunk = members[start:start + pairs_per_batch]
             t0 = time.perf_counter()
-            if settings.symmetric:
-                trained = optimise(runs[chunk[0]].pairs, run_settings, progress=progress,
-                                   fwd_to_bwd=runs[chunk[0]].fwd_to_bwd, governor=governor)
-            else:
-                trained = optimise([prepared[i] for i in chunk], run_settings, progress=progress, governor=governor)
+            trained = _optimise_chunk(runs, chunk, run_settings, progress, governor, probe)
+            found = ([_pair_probe(trained.probe)] if settings.symmetric else [_pair_probe([f]) for f in trained.probe]
+                     ) if trained.probe is not None else [None] * len(chunk)
+            # pairs the probe sends to the finer schedule run again on it, batched as its network size allows
+            again = [i for i, f in zip(chunk, found) if f and f["escalated_to"]]
+            outcome = {i: (settings, trained, k, len(chunk)) for k, i in enumerate(chunk) if i not in again}
+            if again:
+                finer = requested.replace(schedule=found[chunk.index(again[0])]["escalated_to"]).resolved()
+                finer_run = finer.replace(backend="torch") if batched and finer.backend == "auto" else finer
+                per_batch = min(pairs_per_batch, _pairs_per_batch(finer, [prepared[i] for i in again]))
+                for first in range(0, len(again), per_batch):
+                    sub = again[first:first + per_batch]
+                    retrained = _optimise_chunk(runs, sub, finer_run, progress, governor, None)
+                    outcome.update({i: (finer, retrained, k, len(sub)) for k, i in enumerate(sub)})
             for k, i in enumerate(chunk):
-                timings = {"optimise_s": trained.loop.seconds,
-                           "ms_per_epoch": 1000.0 * trained.loop.seconds / max(trained.loop.epochs_run, 1),
-                           "shared_by_pairs": len(chunk)}
+                used, pair_trained, index, shared = outcome[i]
+                probe_s = 0.0
+                if i in again:
+                    probe_s = found[k]["seconds"] = trained.loop.seconds
+                timings = {"optimise_s": pair_trained.loop.seconds + probe_s,
+                           "ms_per_epoch": 1000.0 * pair_trained.loop.seconds / max(pair_trained.loop.epochs_run, 1),
+                           "shared_by_pairs": shared}
                 if runs[i].affine_info:
                     timings["affine_s"] = runs[i].affine_info["seconds"]
-                backward = (trained.sirens[1], runs[i].pairs[1]) if settings.symmetric else None
-                results[i] = _result(k, trained, prepared[i], inputs[i], settings, timings, t0,
-                                     extra={"pairs_in_batch": len(chunk), "backend_requested": settings.backend,
-                                            **_affine_record(runs[i])},
+                backward = (pair_trained.sirens[1], runs[i].pairs[1]) if settings.symmetric else None
+                extra = {"pairs_in_batch": shared, "backend_requested": settings.backend, **_affine_record(runs[i])}
+                if found[k] is not None:
+                    extra["schedule_probe"] = found[k]
+                results[i] = _result(index, pair_trained, prepared[i], inputs[i], used, timings, t0, extra=extra,
                                      backward=backward, governor=governor)
     return results
+
+
+def _pairs_per_batch(settings: RunSettings, prepared: List[PreparedPair]) -> int:
+    """How many of ``prepared`` fit in one batched step of ``settings`` (:func:`idir_fast.memory.pairs_per_batch`)."""
+    return memory.pairs_per_batch(min(settings.batch_size, max(p.num_points for p in prepared)), settings.hidden,
+                                  settings.order, max(int(np.prod(p.moving.shape)) for p in prepared),
+                                  settings.torch_device)
+
+
+def _optimise_chunk(runs: List[PreparedRun], chunk: List[int], settings: RunSettings, progress: bool, governor,
+                    probe) -> Trained:
+    """One batched step over the pairs ``chunk`` of ``runs`` (a symmetric pair: its two networks)."""
+    if settings.symmetric:
+        return optimise(runs[chunk[0]].pairs, settings, progress=progress, fwd_to_bwd=runs[chunk[0]].fwd_to_bwd,
+                        governor=governor, probe=probe)
+    return optimise([runs[i].pairs[0] for i in chunk], settings, progress=progress, governor=governor, probe=probe)
 
 
 __all__ = ["register", "register_many", "read_pair", "PairInputs"]

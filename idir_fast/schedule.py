@@ -13,7 +13,11 @@ Named schedules (``RunSettings.schedule``):
   stop, the released code's initialisation scheme "siren"). Its accuracy is the package's reference figure.
 * ``"auto"`` — sized for the device (:data:`AUTO`): on a CPU a small network, few points and two stages (blurred
   images on the global NCC, then sharp ones on the global + local NCC), measured against ANTs and elastix on the
-  same machine; on a GPU, for now, the paper's schedule (no GPU has measured a staged one yet).
+  same machine; on a GPU, for now, the paper's schedule (no GPU has measured a staged one yet). On a CPU its first
+  stage is also a probe (:class:`Probe`): a pair that the small network cannot bring close on the blurred images
+  (an inter-subject pair, anatomy that differs) is run again on ``"fine"``.
+* ``"fast"`` — ``"auto"`` without the probe: always the small network (cohorts of same-subject pairs, where the
+  probe would never fire anyway, or a fixed time per pair).
 * ``"fine"`` — :data:`FINE`: on a CPU a wider network, three times the steps and the local NCC in the sharp stage,
   for inter-subject pairs where the last points of overlap matter more than time; on a GPU the paper's.
 
@@ -24,7 +28,7 @@ peak learning rate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -54,6 +58,32 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A schedule's choice between itself and a finer one, made from the run's own first stage.
+
+    After stage ``stage`` (the global NCC on blurred images), the pair's NCC — the mean over the stage's last
+    ``window`` steps, each a fresh point batch — tells how far the small network got. Same-subject pairs reach
+    ≥ 0.99 there (every synthetic-motion case of the peers benchmark); an inter-subject brain pair stays near 0.86
+    and gains Dice from a wider network and more steps (docs/measurements.md). Below ``min_ncc`` the pair is run
+    again, from the start, on ``schedule``; the probe's steps are lost (a sixth of ``"auto"``'s time).
+    """
+
+    stage: int
+    min_ncc: float
+    schedule: str
+    window: int = 20
+
+    def ncc(self, similarity: np.ndarray) -> float:
+        """The probe's NCC from a stage's per-step similarity history (−NCC) of one pair."""
+        return float(-np.mean(similarity[-self.window:]))
+
+    def record(self, ncc: float) -> dict:
+        """What the report keeps: the NCC, the threshold, and the schedule the pair goes on to (``None``: stays)."""
+        return {"ncc": ncc, "min_ncc": self.min_ncc, "after_stage": self.stage + 1,
+                "escalated_to": self.schedule if ncc < self.min_ncc else None}
+
+
+@dataclass(frozen=True)
 class Profile:
     """A schedule for one kind of device: network, ω, and the stages as (share of epochs, share of points,
     smoothing in voxels, similarity)."""
@@ -72,6 +102,8 @@ class Profile:
     regularizers: Dict[str, Dict[str, float]] = field(default_factory=dict)
     """Per regulariser, what differs from the profile for it: ``alpha`` (its weight under this schedule, instead
     of the compat table's), ``omega``, ``tol`` (its stopping rule)."""
+    probe: Optional[Probe] = None
+    """When set, the run may switch to a finer schedule after the probe's stage (:class:`Probe`)."""
 
 
 PAPER = Profile(hidden=(256, 256, 256), omega=32.0, epochs=2500, points=10_000, lr=1e-4,
@@ -87,27 +119,35 @@ AUTO: Dict[str, Profile] = {
     # fine alignment; the local term alone loses on smooth textures)
     "cpu": Profile(hidden=(48, 48, 48), omega=32.0, epochs=400, points=1500, lr=5e-4,
                    stages=((0.4, 0.5, 2.0, "ncc"), (0.6, 1.0, 0.0, "ncc+lncc")), tol=1e-4,
-                   regularizers=_FIRST_ORDER),
+                   regularizers=_FIRST_ORDER, probe=Probe(stage=0, min_ncc=0.97, schedule="fine")),
     # on a GPU the paper's schedule until a GPU session measures a staged one (idir-fast doctor --gpu-acceptance)
     "cuda": PAPER,
 }
 
+FAST: Dict[str, Profile] = {device: replace(profile, probe=None) for device, profile in AUTO.items()}
+
+# the sharp local-NCC stage pulls harder: the Jacobian penalty at 0.05 let 0.3 % of the inter-subject brain fold
+# (4,320 voxels), 0.3 none (Dice 0.717); hyperelastic stays at 0.1 (0.05: +0.01 Dice, 0.03 diverges)
+# (benchmarks/results/peers_20261203T120321Z.json, peers_20261203T120450Z.json, peers_20261203T121521Z.json)
+_FIRST_ORDER_FINE = {**_FIRST_ORDER, "jacobian": {"omega": 24.0, "alpha": 0.3}}
+
 FINE: Dict[str, Profile] = {
     # 2–3× the time of "auto" on the CPU for the inter-subject brain's last Dice points: a wider network, three
-    # times the steps, the sharp stage on the local NCC of 7-voxel windows (docs/measurements.md)
-    "cpu": Profile(hidden=(64, 64, 64), omega=32.0, epochs=1200, points=1500, lr=5e-4,
+    # times the steps, the sharp stage on the local NCC of 7-voxel windows; 80 wide: the narrowest with the Dice
+    # of ANTs SyN and no folds there (ω 40 or 96 wide: more Dice, folds; docs/measurements.md)
+    "cpu": Profile(hidden=(80, 80, 80), omega=32.0, epochs=1200, points=1500, lr=5e-4,
                    stages=((0.4, 0.5, 2.0, "ncc"), (0.6, 1.0, 0.0, "lncc")), tol=1e-4, lncc_spacing=3.0,
-                   regularizers=_FIRST_ORDER),
+                   regularizers=_FIRST_ORDER_FINE),
     "cuda": PAPER,
 }
 
-SCHEDULES = ("auto", "fine", "paper")
+SCHEDULES = ("auto", "fast", "fine", "paper")
 
 
 def profile_for(schedule: str, device_type: str) -> Profile:
     if schedule == "paper":
         return PAPER
-    table = FINE if schedule == "fine" else AUTO
+    table = {"fine": FINE, "fast": FAST}.get(schedule, AUTO)
     return table.get(device_type, table["cpu"])
 
 

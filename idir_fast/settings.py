@@ -22,6 +22,7 @@ from .core.compat import COMPAT, COMPAT_MODES, CompatProfile, check_compat
 from .core.geometry import NORMALISATIONS
 from .core.siren import INITS
 from .errors import InputError
+from .schedule import SCHEDULES
 from .threads import check_threads
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -71,10 +72,12 @@ class RunSettings:
                                       check=lambda v: _number(v, "alpha", "a finite number ≥ 0", lambda x: x >= 0),
                                       parse=float, shown="derived")
     schedule: str = _setting(
-        "auto", "auto: coarse-to-fine stages and a network sized for the device (README, 'Time to accuracy'); "
+        "auto", "auto: coarse-to-fine stages and a network sized for the device (README, 'Time to accuracy'); on "
+        "a CPU a pair still far apart after the blurred stage (inter-subject) is run again on fine; "
+        "fast: auto without that switch; "
         "fine: on a CPU a wider network, 3× the steps and the local NCC in the sharp stage (inter-subject pairs); "
         "paper: the paper's single stage (3×256, 10,000 points × 2500 steps, lr 1e-4)",
-        choices=["auto", "fine", "paper"])
+        choices=list(SCHEDULES))
     epochs: Optional[int] = _setting(None, "optimisation steps in all, over every stage (default: from the "
                                            "schedule)", parse=int, check=lambda v: _positive_int(v, "epochs"),
                                      aliases=("--steps",))

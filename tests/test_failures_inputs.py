@@ -151,7 +151,7 @@ def test_a_singular_direction_is_an_input_error(tiny_pair):
 
 def test_demo_epochs_zero_is_refused_before_anything_is_made(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "0", "--no-progress"]) == 2
-    assert "'epochs' must be a positive integer" in capsys.readouterr().err
+    assert "'--steps' must be a positive integer" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
 
 
@@ -162,3 +162,16 @@ def test_registering_numpy_images_with_spacing_still_works(tiny_pair):
         reg = idir_fast.register(arr_f, arr_m, spacing=(8.0, 8.0, 8.0), epochs=2, batch_size=50, hidden=(8,),
                                  progress=False, device="cpu")
     assert reg.fixed_geometry.spacing == (8.0, 8.0, 8.0)
+
+
+def test_command_errors_name_the_flags_the_user_typed(tiny_pair, tmp_path, capsys):
+    paths = []
+    for name in ("fixed", "moving"):
+        paths.append(str(tmp_path / f"{name}.nii.gz"))
+        sitk.WriteImage(getattr(tiny_pair, name), paths[-1])
+    for extra, said in ((["--steps", "0"], "'--steps' must be a positive integer"),
+                        (["--moving-mask", str(tmp_path / "none.nii.gz")], "'--moving-mask': file not found"),
+                        (["--initial-transform", str(tmp_path / "none.tfm")], "'--initial-transform': transform file")):
+        assert main(["register", *paths, "--out", str(tmp_path / "r_"), "--no-progress", *extra]) == 2
+        assert said in capsys.readouterr().err
+    assert not list(tmp_path.glob("r_*"))

@@ -70,7 +70,7 @@ def test_the_command_reports_it_with_exit_status_2(tiny_pair, tmp_path, monkeypa
     rc = main(["register", *paths, "--out", str(tmp_path / "r_"), "--hidden", "4096,4096", "--batch-size", "10000",
                "--epochs", "2", "--no-progress", "--device", "cpu"])
     err = capsys.readouterr().err
-    assert rc == 2 and "'batch_size'/'hidden'" in err and "Traceback" not in err
+    assert rc == 2 and "'--batch-size'/'--hidden'" in err and "Traceback" not in err
 
 
 def test_the_estimate_can_be_switched_off(tiny_pair, monkeypatch):

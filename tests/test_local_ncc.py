@@ -177,7 +177,7 @@ def test_similarity_comes_from_the_schedule_per_stage_unless_set():
     assert [s.similarity for s in auto.stages()] == ["ncc", "ncc+lncc"]
     fine = RunSettings(device="cpu", schedule="fine").resolved()
     assert [s.similarity for s in fine.stages()] == ["ncc", "lncc"] and fine.lncc_spacing == 3.0
-    assert fine.hidden == (64, 64, 64) and fine.epochs == 1200
+    assert fine.hidden == (80, 80, 80) and fine.epochs == 1200
     only = RunSettings(device="cpu", similarity="ncc").resolved()
     assert [s.similarity for s in only.stages()] == ["ncc", "ncc"]
     assert RunSettings(device="cpu", regularizer="none", similarity="ncc").resolved().order == 0

@@ -17,6 +17,8 @@ PROFILES = {
     "detect": dict(affine="detect"),
     "paper": dict(schedule="paper"),
     "fine": dict(schedule="fine"),
+    # "auto" without its probe: the small network whatever the pair (equal to "default" where the probe stays)
+    "fast": dict(schedule="fast"),
     # the similarity alone changed: the global NCC in every stage (the defaults before the local NCC)
     "ncc": dict(similarity="ncc"),
     "lncc": dict(similarity="lncc"),

@@ -295,6 +295,11 @@ def _summarise(outputs, wall: Optional[dict] = None) -> None:
     s, t, m = report["settings"], report["timings"], report["metrics"]
     print(f"\nregistered: {t['optimise_s']:.1f} s optimising ({t['ms_per_epoch']:.1f} ms/step, backend {s['backend']}, "
           f"{s['backward_passes_per_epoch']} backward pass(es)/step, device {s['device']})")
+    probe = s.get("schedule_probe")
+    if probe and probe.get("escalated_to"):
+        print(f"schedule: the pair was still far apart after the blurred stage (NCC {probe['ncc']:.3f} < "
+              f"{probe['min_ncc']:g}, e.g. two subjects): run again on '{probe['escalated_to']}' "
+              f"({probe['seconds']:.1f} s of the optimisation were that first try; --schedule fast skips the switch)")
     if wall:
         optimise = t["optimise_s"]
         print(f"total {wall['total']:.1f} s: prepare {wall['total'] - wall['write'] - optimise:.1f} s (start-up, "
@@ -542,6 +547,17 @@ FAILURES = ((InputError, "error", EXIT_INPUT), (BackendError, "error", EXIT_INPU
             (DivergenceError, "diverged", EXIT_DIVERGED), (OutputError, "output error", EXIT_OUTPUT))
 
 
+def in_flag_terms(message: str, parser: argparse.ArgumentParser, command: str) -> str:
+    """``message`` with the library's parameter names (``'epochs'``, ``'moving_mask'``) as the command's flags
+    (``'--steps'``, ``'--moving-mask'``): the user of a command typed flags, not Python arguments."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in subparsers.choices[command]._actions:
+        flag = next((o for o in action.option_strings if o.startswith("--")), None)
+        if flag and flag != "--help":
+            message = message.replace(f"'{action.dest}'", f"'{flag}'")
+    return message
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -553,7 +569,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_INPUT
     except tuple(kind for kind, _, _ in FAILURES) as err:
         label, status = next((lab, st) for kind, lab, st in FAILURES if isinstance(err, kind))
-        print(f"idir-fast {args.command}: {label}: {err}", file=sys.stderr)
+        print(f"idir-fast {args.command}: {label}: {in_flag_terms(str(err), parser, args.command)}", file=sys.stderr)
         return status
 
 

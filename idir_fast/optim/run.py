@@ -14,9 +14,9 @@ from ..errors import InputError
 from ..settings import RunSettings
 from .loop import LoopResult, run
 from .points import PointSampler
-from ..schedule import ConvergenceRule
+from ..schedule import ConvergenceRule, Probe
 from .prepare import PreparedPair
-from .step import BatchedStep, PairStep, SymmetricStep
+from .step import HISTORY_TERMS, BatchedStep, PairStep, SymmetricStep
 
 
 @dataclass
@@ -29,6 +29,8 @@ class Trained:
         choice: the backend actually used (and why others were not).
         batch_size: points per step actually used (in the last stage).
         stages: per stage: epochs planned and run, points, smoothing, peak lr, seconds, whether it stopped early.
+        probe: per pair, the schedule probe's finding (:meth:`Probe.record`), when the run had a probe; a run
+            whose every pair escalates stops after the probe's stage.
     """
 
     sirens: List[Siren]
@@ -36,6 +38,7 @@ class Trained:
     choice: backends.BackendChoice
     batch_size: int
     stages: List[dict]
+    probe: Optional[List[dict]] = None
 
     def history(self, i: int) -> np.ndarray:
         return self.loop.history[:, i]
@@ -65,7 +68,8 @@ def _stage_label(label: str, k: int, stages) -> str:
 
 
 def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: bool = False,
-             sync_debug: bool = False, fwd_to_bwd: Optional[np.ndarray] = None, governor=None) -> Trained:
+             sync_debug: bool = False, fwd_to_bwd: Optional[np.ndarray] = None, governor=None,
+             probe: Optional[Probe] = None) -> Trained:
     """Train one network per pair, all in one loop (one pair: any backend; several: a batched step).
 
     Args:
@@ -77,6 +81,9 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
         fwd_to_bwd: for symmetric registration (two pairs: forward, backward), the 4×4 map from the forward
             network's frame to the backward one's; adds the cycle-consistency term (:class:`SymmetricStep`).
         governor: the run's :class:`~idir_fast.threads.ThreadGovernor` (CPU), started here and told of every step.
+        probe: the schedule's probe (:class:`~idir_fast.schedule.Probe`): after its stage, each pair's NCC is
+            recorded in :attr:`Trained.probe`; when every pair falls below it the remaining stages are skipped
+            (the caller runs them again on the finer schedule).
     """
     device = settings.torch_device
     if fwd_to_bwd is None and len({min(settings.batch_size, p.num_points) for p in pairs}) != 1:
@@ -92,7 +99,7 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
     else:
         step = BatchedStep(sirens, pairs, choice, settings, capturable=capturable)
     label = _progress_label(settings, step.choice, len(pairs)) if progress else None
-    results, record = [], []
+    results, record, found = [], [], None
     if governor is not None:
         governor.start()
     for k, stage in enumerate(stages):
@@ -110,6 +117,11 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
                        "smoothing_voxels": stage.smoothing, "similarity": stage.similarity, "lr": stage.lr,
                        "seconds": result.seconds,
                        "stopped_early": result.epochs_run < stage.epochs})
+        if probe is not None and k == probe.stage and stage.similarity == "ncc":
+            similarity = result.history[:, :, HISTORY_TERMS.index("similarity")]
+            found = [probe.record(probe.ncc(similarity[:, i])) for i in range(similarity.shape[1])]
+            if all(f["escalated_to"] for f in found):
+                break
     if isinstance(step, BatchedStep):
         for i, siren in enumerate(sirens):
             with torch.no_grad():
@@ -117,4 +129,5 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
                     dst.copy_(src)
     loop = LoopResult(history=np.concatenate([r.history for r in results]), seconds=sum(r.seconds for r in results),
                       epochs_run=sum(r.epochs_run for r in results), graph=all(r.graph for r in results))
-    return Trained(sirens=sirens, loop=loop, choice=step.choice, batch_size=record[-1]["points"], stages=record)
+    return Trained(sirens=sirens, loop=loop, choice=step.choice, batch_size=record[-1]["points"], stages=record,
+                   probe=found)
