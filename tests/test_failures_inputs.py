@@ -171,7 +171,11 @@ def test_command_errors_name_the_flags_the_user_typed(tiny_pair, tmp_path, capsy
         sitk.WriteImage(getattr(tiny_pair, name), paths[-1])
     for extra, said in ((["--steps", "0"], "'--steps' must be a positive integer"),
                         (["--moving-mask", str(tmp_path / "none.nii.gz")], "'--moving-mask': file not found"),
-                        (["--initial-transform", str(tmp_path / "none.tfm")], "'--initial-transform': transform file")):
+                        (["--initial-transform", str(tmp_path / "none.tfm")], "'--initial-transform': transform file"),
+                        (["--mask", str(tmp_path / "none.nii.gz")], "'--mask': file not found")):
         assert main(["register", *paths, "--out", str(tmp_path / "r_"), "--no-progress", *extra]) == 2
-        assert said in capsys.readouterr().err
+        captured = capsys.readouterr()
+        assert said in captured.err
+        if "not found" in said:  # a missing file is found before any image is read
+            assert "reading" not in captured.out
     assert not list(tmp_path.glob("r_*"))

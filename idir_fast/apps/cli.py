@@ -237,6 +237,18 @@ def prepare_out(prefix: str, name: str = "--out") -> str:
     return check_writable_prefix(prefix, name)
 
 
+def _switch_note(requested, settings) -> str:
+    """What the schedule's probe may change, for the 'preparing' line."""
+    from ..api import schedule_probe
+
+    probe = schedule_probe(requested, settings)
+    if probe is None:
+        return ""
+    finer = requested.replace(schedule=probe.schedule).resolved()
+    return (f" (on '{probe.schedule}', {finer.epochs} steps, SIREN {'×'.join(map(str, finer.hidden))}, if the pair "
+            "is still far apart after the blurred stage)")
+
+
 def cmd_register(a) -> int:
     from ..api import register
     from ..core.geometry import ImageGeometry
@@ -244,9 +256,18 @@ def cmd_register(a) -> int:
     from ..io.landmarks import read_points, to_world
     from ..settings import RunSettings
 
-    settings = RunSettings(**options_from_cli(a)).resolved()  # every setting checked before any file is read
+    requested = RunSettings(**options_from_cli(a))
+    settings = requested.resolved()  # every setting checked before any file is read
     if bool(a.fixed_landmarks) != bool(a.moving_landmarks):
         raise InputError("'--fixed-landmarks' and '--moving-landmarks' must be given together")
+    # a mistyped path fails before any image is read (a CT pair takes seconds to read)
+    for name, path, what in (("fixed", a.fixed, "file"), ("moving", a.moving, "file"), ("--mask", a.mask, "file"),
+                             ("--moving-mask", a.moving_mask, "file"),
+                             ("--initial-transform", a.initial_transform, "transform file"),
+                             ("--fixed-landmarks", a.fixed_landmarks, "landmark file"),
+                             ("--moving-landmarks", a.moving_landmarks, "landmark file")):
+        if path and not os.path.exists(path):
+            raise InputError(f"'{name}': {what} not found: {path!r}")
     print("idir-fast register: reading and checking the inputs …", flush=True)
     fixed = as_image(a.fixed, "fixed")
     moving = as_image(a.moving, "moving")
@@ -260,7 +281,8 @@ def cmd_register(a) -> int:
     print(f"preparing: fixed {'×'.join(map(str, fixed.GetSize()))}, moving {'×'.join(map(str, moving.GetSize()))}"
           + (", mask" if a.mask else "") + (", affine stage" if settings.affine else "")
           + f"; {settings.epochs} steps of {settings.batch_size} points, SIREN "
-          + "×".join(map(str, settings.hidden)) + f", {settings.threads} thread(s) …", flush=True)
+          + "×".join(map(str, settings.hidden)) + f", {settings.threads} thread(s)"
+          + _switch_note(requested, settings) + " …", flush=True)
     reg = register(fixed, moving, a.mask, fixed_landmarks=fl, moving_landmarks=ml, moving_mask=a.moving_mask,
                    initial_transform=a.initial_transform, **_engine_kwargs(a))
     t_written = process_seconds()
