@@ -101,6 +101,13 @@ def test_the_command_writes_images_and_points_into_new_folders(saved, tmp_path, 
                  "--inverse"]) == 0
     np.testing.assert_allclose(read_points(tmp_path / "pts" / "q.txt"), [labels.GetOrigin()], atol=0.01)
     assert "points moving → fixed" in capsys.readouterr().out
+    # a CSV in gives a CSV out: comma-separated under a header, as spreadsheets and pandas read it
+    write_points(np.asarray([labels.GetOrigin()]), tmp_path / "p.csv")
+    assert main(["apply", str(outputs["model"]), str(tmp_path / "p.csv"), "--out", str(tmp_path / "q.csv")]) == 0
+    lines = (tmp_path / "q.csv").read_text().splitlines()
+    assert lines[0] == "x,y,z" and len(lines) == 2 and lines[1].count(",") == 2
+    np.testing.assert_allclose(read_points(tmp_path / "q.csv"), reg.transform_points(np.asarray([labels.GetOrigin()])),
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize("args,message", [

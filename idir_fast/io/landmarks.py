@@ -73,6 +73,12 @@ def to_world(points: np.ndarray, frame: str, geometry: ImageGeometry = None) -> 
 
 
 def write_points(points: np.ndarray, path: Union[str, os.PathLike]) -> None:
+    """Write ``(N, 3)`` points: a ``.csv`` file comma-separated under an ``x,y,z`` header (as spreadsheets and
+    pandas read it), any other name one space-separated row per point (as DIR-LAB's files)."""
     from .files import write_text
 
-    write_text("".join(f"{x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in np.asarray(points)), path)
+    rows = np.asarray(points)
+    if os.fspath(path).lower().endswith(".csv"):
+        write_text("x,y,z\n" + "".join(f"{x:.6f},{y:.6f},{z:.6f}\n" for x, y, z in rows), path)
+    else:
+        write_text("".join(f"{x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in rows), path)
