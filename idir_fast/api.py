@@ -221,6 +221,8 @@ def _register(fixed, moving, mask, requested: RunSettings, settings: RunSettings
     run = prepare_run(inputs, settings)
     t_prepared = time.perf_counter()
     probe = schedule_probe(requested, settings)
+    if probe is not None and not _fits(inputs, _finer(requested, probe)):
+        probe = None  # the finer schedule would not fit in memory: stay on this one
     trained = optimise(run.pairs, settings, progress=progress, fwd_to_bwd=run.fwd_to_bwd, governor=governor,
                        probe=probe)
     extra, probe_s = _affine_record(run), 0.0
@@ -229,8 +231,7 @@ def _register(fixed, moving, mask, requested: RunSettings, settings: RunSettings
         extra["schedule_probe"] = found
         if found["escalated_to"]:
             probe_s = found["seconds"] = trained.loop.seconds
-            settings = requested.replace(schedule=found["escalated_to"]).resolved()
-            check_memory(inputs, settings)
+            settings = _finer(requested, probe)
             trained = optimise(run.pairs, settings, progress=progress, fwd_to_bwd=run.fwd_to_bwd,
                                governor=governor)
     timings = {"prepare_s": t_prepared - t_start, "optimise_s": trained.loop.seconds + probe_s,
@@ -242,17 +243,24 @@ def _register(fixed, moving, mask, requested: RunSettings, settings: RunSettings
                    backward=backward, governor=governor)
 
 
-#: settings that size a run: a user who sets one has sized it, and the schedule's probe does not resize it
-_SIZING = ("hidden", "omega", "epochs", "batch_size", "lr", "lncc_spacing")
+#: settings a schedule chooses: a caller who sets one has chosen the run's size or objective themselves (the
+#: global NCC alone is the throughput setting), and the schedule's probe does not change it
+_SCHEDULE_CHOICES = ("hidden", "omega", "epochs", "batch_size", "lr", "lncc_spacing")
 
 
 def schedule_probe(requested: RunSettings, settings: RunSettings):
     """The schedule's probe (:class:`~idir_fast.schedule.Probe`) for this run, or ``None``: none when the
-    schedule has none, when a compat mode runs its own, or when the caller sized the run themselves."""
+    schedule has none, when a compat mode runs its own, or when the caller chose the size or the similarity."""
     probe = settings.profile.probe
-    if probe is None or requested.compat is not None or any(getattr(requested, k) is not None for k in _SIZING):
+    if (probe is None or requested.compat is not None or requested.similarity != "auto"
+            or any(getattr(requested, k) is not None for k in _SCHEDULE_CHOICES)):
         return None
     return probe
+
+
+def _finer(requested: RunSettings, probe) -> RunSettings:
+    """The settings a pair the probe switches runs on: the caller's, on the probe's schedule."""
+    return requested.replace(schedule=probe.schedule).resolved()
 
 
 def _pair_probe(found: List[dict]) -> dict:
@@ -294,6 +302,14 @@ def memory_estimate(inputs: PairInputs, settings: RunSettings) -> Dict[str, int]
                             batch=settings.batch_size, hidden=settings.hidden, order=settings.order,
                             dtype_bytes=torch.tensor([], dtype=settings.dtype).element_size(),
                             device=settings.torch_device, symmetric=settings.symmetric)
+
+
+def _fits(inputs: PairInputs, settings: RunSettings) -> bool:
+    try:
+        check_memory(inputs, settings)
+    except InputError:
+        return False
+    return True
 
 
 def check_memory(inputs: PairInputs, settings: RunSettings) -> None:
@@ -359,34 +375,49 @@ def _register_many(inputs: List[PairInputs], requested: RunSettings, settings: R
             trained = _optimise_chunk(runs, chunk, run_settings, progress, governor, probe)
             found = ([_pair_probe(trained.probe)] if settings.symmetric else [_pair_probe([f]) for f in trained.probe]
                      ) if trained.probe is not None else [None] * len(chunk)
-            # pairs the probe sends to the finer schedule run again on it, batched as its network size allows
+
+            # the pairs that stay are done now (their total_s ends here); the pairs the probe sends to the finer
+            # schedule run again on it, batched as its network and batch sizes allow
             again = [i for i, f in zip(chunk, found) if f and f["escalated_to"]]
-            outcome = {i: (settings, trained, k, len(chunk)) for k, i in enumerate(chunk) if i not in again}
-            if again:
-                finer = requested.replace(schedule=found[chunk.index(again[0])]["escalated_to"]).resolved()
-                finer_run = finer.replace(backend="torch") if batched and finer.backend == "auto" else finer
-                per_batch = min(pairs_per_batch, _pairs_per_batch(finer, [prepared[i] for i in again]))
-                for first in range(0, len(again), per_batch):
-                    sub = again[first:first + per_batch]
-                    retrained = _optimise_chunk(runs, sub, finer_run, progress, governor, None)
-                    outcome.update({i: (finer, retrained, k, len(sub)) for k, i in enumerate(sub)})
             for k, i in enumerate(chunk):
-                used, pair_trained, index, shared = outcome[i]
-                probe_s = 0.0
-                if i in again:
-                    probe_s = found[k]["seconds"] = trained.loop.seconds
-                timings = {"optimise_s": pair_trained.loop.seconds + probe_s,
-                           "ms_per_epoch": 1000.0 * pair_trained.loop.seconds / max(pair_trained.loop.epochs_run, 1),
-                           "shared_by_pairs": shared}
-                if runs[i].affine_info:
-                    timings["affine_s"] = runs[i].affine_info["seconds"]
-                backward = (pair_trained.sirens[1], runs[i].pairs[1]) if settings.symmetric else None
-                extra = {"pairs_in_batch": shared, "backend_requested": settings.backend, **_affine_record(runs[i])}
-                if found[k] is not None:
-                    extra["schedule_probe"] = found[k]
-                results[i] = _result(index, pair_trained, prepared[i], inputs[i], used, timings, t0, extra=extra,
-                                     backward=backward, governor=governor)
+                if i not in again:
+                    results[i] = _batch_result(i, k, settings, trained, len(chunk), runs, inputs, found[k], t0,
+                                               governor)
+            if not again:
+                continue
+            finer = _finer(requested, probe)
+            finer_run = finer.replace(backend="torch") if batched and finer.backend == "auto" else finer
+            per_batch = min(pairs_per_batch, _pairs_per_batch(finer, [prepared[i] for i in again]))
+            regrouped: Dict[int, List[int]] = {}
+            for i in again:
+                found[chunk.index(i)]["seconds"] = trained.loop.seconds
+                regrouped.setdefault(min(finer.batch_size, prepared[i].num_points), []).append(i)
+            for same in regrouped.values():
+                for first in range(0, len(same), per_batch):
+                    sub = same[first:first + per_batch]
+                    retrained = _optimise_chunk(runs, sub, finer_run, progress, governor, None)
+                    for k, i in enumerate(sub):
+                        results[i] = _batch_result(i, k, finer, retrained, len(sub), runs, inputs,
+                                                   found[chunk.index(i)], t0, governor, probe_s=trained.loop.seconds)
     return results
+
+
+def _batch_result(i: int, index: int, used: RunSettings, trained: Trained, shared: int, runs: List[PreparedRun],
+                  inputs: List[PairInputs], probe_found: Optional[dict], t_start: float, governor,
+                  probe_s: float = 0.0) -> Registration:
+    """The :class:`Registration` of pair ``i`` of :func:`register_many`: network ``index`` of ``trained``, a batch of
+    ``shared`` pairs run on ``used``; ``probe_s``: the seconds of a first try the probe ended."""
+    timings = {"optimise_s": trained.loop.seconds + probe_s,
+               "ms_per_epoch": 1000.0 * trained.loop.seconds / max(trained.loop.epochs_run, 1),
+               "shared_by_pairs": shared}
+    if runs[i].affine_info:
+        timings["affine_s"] = runs[i].affine_info["seconds"]
+    backward = (trained.sirens[1], runs[i].pairs[1]) if used.symmetric else None
+    extra = {"pairs_in_batch": shared, "backend_requested": used.backend, **_affine_record(runs[i])}
+    if probe_found is not None:
+        extra["schedule_probe"] = probe_found
+    return _result(index, trained, runs[i].pairs[0], inputs[i], used, timings, t_start, extra=extra,
+                   backward=backward, governor=governor)
 
 
 def _pairs_per_batch(settings: RunSettings, prepared: List[PreparedPair]) -> int:

@@ -65,7 +65,8 @@ class Probe:
     ``window`` steps, each a fresh point batch — tells how far the small network got. Same-subject pairs reach
     ≥ 0.99 there (every synthetic-motion case of the peers benchmark); an inter-subject brain pair stays near 0.86
     and gains Dice from a wider network and more steps (docs/measurements.md). Below ``min_ncc`` the pair is run
-    again, from the start, on ``schedule``; the probe's steps are lost (a sixth of ``"auto"``'s time).
+    again, from the start, on ``schedule``; the probe's steps are lost (a sixth of ``"auto"``'s time; in a
+    batch of :func:`~idir_fast.register_many` where only some pairs switch, the batch's whole run).
     """
 
     stage: int
@@ -149,6 +150,19 @@ def profile_for(schedule: str, device_type: str) -> Profile:
         return PAPER
     table = {"fine": FINE, "fast": FAST}.get(schedule, AUTO)
     return table.get(device_type, table["cpu"])
+
+
+def schedule_fingerprint(schedule: str) -> dict:
+    """What ``schedule`` is on every device, and what its probe may switch to: a cohort folder run under one
+    version of the schedules does not resume silently under another."""
+    from dataclasses import asdict
+
+    tables = {"paper": {"any": PAPER}, "fine": FINE, "fast": FAST}
+    out = {dev: asdict(profile) for dev, profile in tables.get(schedule, AUTO).items()}
+    for dev, profile in list(tables.get(schedule, AUTO).items()):
+        if profile.probe is not None:
+            out[f"{dev} → {profile.probe.schedule}"] = asdict(profile_for(profile.probe.schedule, dev))
+    return out
 
 
 def build_stages(profile: Profile, epochs: Optional[int] = None, points: Optional[int] = None,

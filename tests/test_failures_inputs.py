@@ -179,3 +179,14 @@ def test_command_errors_name_the_flags_the_user_typed(tiny_pair, tmp_path, capsy
         if "not found" in said:  # a missing file is found before any image is read
             assert "reading" not in captured.out
     assert not list(tmp_path.glob("r_*"))
+
+
+def test_only_the_leading_names_become_flags():
+    from idir_fast.apps.cli import build_parser, in_flag_terms
+
+    parser = build_parser()
+    assert in_flag_terms("'out': output folder 'out' does not exist", parser, "register") == \
+        "'--out': output folder 'out' does not exist"
+    assert in_flag_terms("'batch_size'/'hidden': about 3 GiB; 'mask' is fine", parser, "register") == \
+        "'--batch-size'/'--hidden': about 3 GiB; 'mask' is fine"
+    assert in_flag_terms("'fixed': file not found: 'epochs'", parser, "register") == "'fixed': file not found: 'epochs'"

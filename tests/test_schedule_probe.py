@@ -64,7 +64,7 @@ def test_no_probe_when_the_caller_sized_the_run_or_asked_for_another_schedule(ti
     reg = idir_fast.register(fixed, moving, mask, epochs=20, **KW)
     assert "schedule_probe" not in reg.run and reg.settings.schedule == "auto"
     for requested in (RunSettings(hidden=(8, 8)), RunSettings(schedule="fast"), RunSettings(schedule="fine"),
-                      RunSettings(compat="idir-2022"), RunSettings(batch_size=100)):
+                      RunSettings(compat="idir-2022"), RunSettings(batch_size=100), RunSettings(similarity="ncc")):
         assert schedule_probe(requested, requested.resolved()) is None, requested
     assert schedule_probe(RunSettings(), RunSettings().resolved()) is not None
 
@@ -86,3 +86,13 @@ def test_probe_reads_the_mean_of_the_last_steps():
     assert probe.ncc(np.array([-0.1, -0.5, -0.9, -0.95])) == pytest.approx(0.925)
     assert probe.record(0.925)["escalated_to"] == "fine" and probe.record(0.99)["escalated_to"] is None
     assert schedule.profile_for("fast", "cpu").probe is None and schedule.profile_for("auto", "cuda").probe is None
+
+
+def test_a_cohort_folder_remembers_the_schedules_it_ran_under(monkeypatch):
+    from idir_fast.apps.cohort import SUMMARY_FIELDS, settings_hash
+
+    before = settings_hash(RunSettings())
+    monkeypatch.setitem(schedule.FINE, "cpu", replace(schedule.FINE["cpu"], hidden=(64, 64, 64)))
+    assert settings_hash(RunSettings()) != before  # auto may switch to fine: fine's sizes count
+    assert settings_hash(RunSettings(schedule="fast")) == settings_hash(RunSettings(schedule="fast"))
+    assert "schedule" in SUMMARY_FIELDS

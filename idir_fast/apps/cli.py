@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -573,11 +574,18 @@ def in_flag_terms(message: str, parser: argparse.ArgumentParser, command: str) -
     """``message`` with the library's parameter names (``'epochs'``, ``'moving_mask'``) as the command's flags
     (``'--steps'``, ``'--moving-mask'``): the user of a command typed flags, not Python arguments."""
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {}
     for action in subparsers.choices[command]._actions:
         flag = next((o for o in action.option_strings if o.startswith("--")), None)
         if flag and flag != "--help":
-            message = message.replace(f"'{action.dest}'", f"'{flag}'")
-    return message
+            flags[action.dest] = flag
+    # only the names the message starts with ("'epochs' must …", "'batch_size'/'hidden': …"): quoted paths and
+    # values later in it stay as they are, even when they happen to spell a parameter's name
+    lead = re.match(r"'\w+'(?:/'\w+')*", message)
+    if lead is None:
+        return message
+    names = re.sub(r"'(\w+)'", lambda m: f"'{flags.get(m.group(1), m.group(1))}'", lead.group(0))
+    return names + message[lead.end():]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

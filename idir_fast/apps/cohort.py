@@ -54,8 +54,8 @@ LOCK_NAME = ".idir_fast-cohort.lock"
 SUMMARY_NAMES = ("summary.csv", "summary.json")
 RESERVED_IDS = {n.lower() for n in SUMMARY_NAMES}
 SUMMARY_FIELDS = ("pair_id", "status", "error", "doubtful", "tre_before_mean", "tre_after_mean", "tre_after_p95",
-                  "folded_voxels", "sdlogj", "consistency_p95_mm", "seconds", "ms_per_epoch", "backend", "device",
-                  "settings_hash")
+                  "folded_voxels", "sdlogj", "consistency_p95_mm", "seconds", "ms_per_epoch", "schedule", "backend",
+                  "device", "settings_hash")
 EXIT_OK, EXIT_PAIRS_FAILED = 0, 1
 
 
@@ -152,10 +152,13 @@ def settings_fingerprint(settings: RunSettings) -> dict:
     """The settings a pair's result depends on, as requested (derived values left as "derived"): every field
     except the device and the thread count (results do not depend on it), so a rerun on another machine or with
     another layout of workers × threads keeps the pairs."""
+    from ..schedule import schedule_fingerprint
+
     d = settings.to_dict()
     d.pop("device", None)
     d.pop("threads", None)
     d.pop("memory_check", None)
+    d["schedule_profiles"] = schedule_fingerprint(settings.schedule_name)
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 
@@ -282,7 +285,7 @@ def _row_from_report(folder: Path) -> dict:
     return {"tre_before_mean": m.get("tre_initial", {}).get("mean"), "tre_after_mean": m.get("tre", {}).get("mean"),
             "tre_after_p95": m.get("tre", {}).get("p95"), "folded_voxels": m.get("folding", {}).get("count"),
             "sdlogj": m.get("sdlogj"), "seconds": t.get("total_s"), "ms_per_epoch": t.get("ms_per_epoch"),
-            "backend": s.get("backend"), "device": s.get("device"),
+            "schedule": s.get("schedule"), "backend": s.get("backend"), "device": s.get("device"),
             "settings_hash": rep.get("cohort", {}).get("settings_hash"),
             "consistency_p95_mm": m.get("consistency", {}).get("p95_mm"),
             "doubtful": m.get("consistency", {}).get("flagged")}
@@ -368,12 +371,17 @@ def pair_memory(pair: Pair, settings: RunSettings) -> Optional[int]:
         except RuntimeError:
             return None
         sizes.append(math.prod(reader.GetSize()))
+    from ..api import schedule_probe
+
     resolved = settings.resolved()
-    estimate = memory.run_bytes(mask_points=sizes[0], fixed_voxels=sizes[0], moving_voxels=sizes[1],
-                                batch=resolved.batch_size, hidden=resolved.hidden, order=resolved.order,
-                                dtype_bytes=torch.tensor([], dtype=resolved.dtype).element_size(),
-                                device=resolved.torch_device, symmetric=resolved.symmetric)
-    return memory.host_peak(estimate, resolved.torch_device) + WORKER_OVERHEAD_BYTES
+    probe = schedule_probe(settings, resolved)  # a pair the probe switches runs the larger network
+    runs = [resolved] + ([settings.replace(schedule=probe.schedule).resolved()] if probe is not None else [])
+    peaks = [memory.host_peak(memory.run_bytes(mask_points=sizes[0], fixed_voxels=sizes[0], moving_voxels=sizes[1],
+                                               batch=r.batch_size, hidden=r.hidden, order=r.order,
+                                               dtype_bytes=torch.tensor([], dtype=r.dtype).element_size(),
+                                               device=r.torch_device, symmetric=r.symmetric), r.torch_device)
+             for r in runs]
+    return max(peaks) + WORKER_OVERHEAD_BYTES
 
 
 def plan_workers(pairs: List[Pair], settings: RunSettings, workers: Optional[int] = None,
