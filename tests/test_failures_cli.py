@@ -36,13 +36,13 @@ def test_backend_triton_on_a_cpu(files, tmp_path, monkeypatch, capsys, no_optimi
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the tests run Triton in its interpreter otherwise
     rc, err = _run(["register", files["fixed"], files["moving"], "--out", str(tmp_path / "r_"), "--device", "cpu",
                     "--backend", "triton", *FAST], capsys)
-    assert rc == 2 and "'backend' is 'triton', which does not run on cpu" in err
+    assert rc == 2 and "'--backend' is 'triton', which does not run on cpu" in err
 
 
 @pytest.mark.parametrize("args,pattern", [
-    (["--omega", "0"], "'omega' must be a finite positive number"),
-    (["--omega", "-1"], "'omega' must be a finite positive number"),
-    (["--omega", "nan"], "'omega' must be a finite positive number"),
+    (["--omega", "0"], "'--omega' must be a finite positive number"),
+    (["--omega", "-1"], "'--omega' must be a finite positive number"),
+    (["--omega", "nan"], "'--omega' must be a finite positive number"),
 ])
 def test_bad_setting_values(files, tmp_path, capsys, no_optimisation, args, pattern):
     rc, err = _run(["register", files["fixed"], files["moving"], "--out", str(tmp_path / "r_"), *FAST, *args],

@@ -40,7 +40,7 @@ def test_the_command_refuses_a_bad_thread_count(tmp_path, capsys):
     rc = main(["register", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"), "--out", str(tmp_path / "x_"),
                "--threads", "0"])
     err = capsys.readouterr().err
-    assert rc == 2 and "'threads' must be 'auto' or a positive integer" in err and "Traceback" not in err
+    assert rc == 2 and "'--threads' must be 'auto' or a positive integer" in err and "Traceback" not in err
 
 
 def test_the_environment_gives_the_default_and_an_argument_wins(monkeypatch):
