@@ -63,8 +63,9 @@ class Probe:
 
     After stage ``stage`` (the global NCC on blurred images), the pair's NCC — the mean over the stage's last
     ``window`` steps, each a fresh point batch — tells how far the small network got. Same-subject pairs reach
-    ≥ 0.99 there (every synthetic-motion case of the peers benchmark); an inter-subject brain pair stays near 0.86
-    and gains Dice from a wider network and more steps (docs/measurements.md). Below ``min_ncc`` the pair is run
+    0.95–1.0 there (0.95: a brain under an 8 mm sine, where ``"auto"`` beats ``"fine"``); an inter-subject brain
+    pair stays near 0.86 and gains Dice from a wider network and more steps (docs/measurements.md). Below
+    ``min_ncc`` the pair is run
     again, from the start, on ``schedule``; the probe's steps are lost (a sixth of ``"auto"``'s time; in a
     batch of :func:`~idir_fast.register_many` where only some pairs switch, the batch's whole run).
     """
@@ -120,7 +121,7 @@ AUTO: Dict[str, Profile] = {
     # fine alignment; the local term alone loses on smooth textures)
     "cpu": Profile(hidden=(48, 48, 48), omega=32.0, epochs=400, points=1500, lr=5e-4,
                    stages=((0.4, 0.5, 2.0, "ncc"), (0.6, 1.0, 0.0, "ncc+lncc")), tol=1e-4,
-                   regularizers=_FIRST_ORDER, probe=Probe(stage=0, min_ncc=0.97, schedule="fine")),
+                   regularizers=_FIRST_ORDER, probe=Probe(stage=0, min_ncc=0.92, schedule="fine")),
     # on a GPU the paper's schedule until a GPU session measures a staged one (idir-fast doctor --gpu-acceptance)
     "cuda": PAPER,
 }
