@@ -207,8 +207,7 @@ def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = No
     settings = requested.resolved()
     with run_threads(settings.threads, settings.torch_device.type) as governor, torch.enable_grad():
         return _register(fixed, moving, mask, requested, settings, governor, t_start, progress=progress,
-                         spacing=spacing,
-                         origin=origin, direction=direction, fixed_landmarks=fixed_landmarks,
+                         spacing=spacing, origin=origin, direction=direction, fixed_landmarks=fixed_landmarks,
                          moving_landmarks=moving_landmarks, moving_mask=moving_mask,
                          initial_transform=initial_transform)
 
