@@ -386,8 +386,8 @@ def _device_for_backend(backend: str, device=None) -> torch.device:
     if backend != "auto":
         why = backends.get(backend).unavailable(dev)
         if why is not None:
-            raise InputError(f"'backend' is {backend!r}, which does not run on {dev}: {why}; use backend='auto' "
-                             "(or 'torch')")
+            raise InputError(f"'backend' is {backend!r}, which does not run on {dev}: {why}; choose the 'auto' "
+                             "backend (or 'torch')")
     return dev
 
 
