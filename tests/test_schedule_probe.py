@@ -96,3 +96,18 @@ def test_a_cohort_folder_remembers_the_schedules_it_ran_under(monkeypatch):
     assert settings_hash(RunSettings()) != before  # auto may switch to fine: fine's sizes count
     assert settings_hash(RunSettings(schedule="fast")) == settings_hash(RunSettings(schedule="fast"))
     assert "schedule" in SUMMARY_FIELDS
+
+
+def test_the_probe_record_survives_save_and_load(tiny_schedules, pairs, tmp_path):
+    import json
+
+    fixed, moving, mask = pairs[1]
+    reg = idir_fast.register(fixed, moving, mask, **KW)
+    out = reg.save(str(tmp_path / "r_"))
+    report = json.loads(open(out["report"], encoding="utf-8").read())
+    assert report["settings"]["schedule"] == "fine"
+    assert report["settings"]["schedule_probe"]["escalated_to"] == "fine"
+    loaded = idir_fast.load(out["model"])
+    assert loaded.run["schedule_probe"] == reg.run["schedule_probe"]
+    assert loaded.settings.hidden == (24, 24)
+    np.testing.assert_allclose(loaded.transform_points(np.zeros((1, 3))), reg.transform_points(np.zeros((1, 3))))
