@@ -220,7 +220,7 @@ def _register(fixed, moving, mask, requested: RunSettings, settings: RunSettings
     run = prepare_run(inputs, settings)
     t_prepared = time.perf_counter()
     probe = schedule_probe(requested, settings)
-    if probe is not None and not _fits(inputs, _finer(requested, probe)):
+    if probe is not None and not _fits(inputs, switched_settings(requested, probe)):
         probe = None  # the finer schedule would not fit in memory: stay on this one
     trained = optimise(run.pairs, settings, progress=progress, fwd_to_bwd=run.fwd_to_bwd, governor=governor,
                        probe=probe)
@@ -230,7 +230,7 @@ def _register(fixed, moving, mask, requested: RunSettings, settings: RunSettings
         extra["schedule_probe"] = found
         if found["escalated_to"]:
             probe_s = found["seconds"] = trained.loop.seconds
-            settings = _finer(requested, probe)
+            settings = switched_settings(requested, probe)
             trained = optimise(run.pairs, settings, progress=progress, fwd_to_bwd=run.fwd_to_bwd,
                                governor=governor)
     timings = {"prepare_s": t_prepared - t_start, "optimise_s": trained.loop.seconds + probe_s,
@@ -257,7 +257,7 @@ def schedule_probe(requested: RunSettings, settings: RunSettings):
     return probe
 
 
-def _finer(requested: RunSettings, probe) -> RunSettings:
+def switched_settings(requested: RunSettings, probe) -> RunSettings:
     """The settings a pair the probe switches runs on: the caller's, on the probe's schedule."""
     return requested.replace(schedule=probe.schedule).resolved()
 
@@ -384,7 +384,7 @@ def _register_many(inputs: List[PairInputs], requested: RunSettings, settings: R
                                                governor)
             if not again:
                 continue
-            finer = _finer(requested, probe)
+            finer = switched_settings(requested, probe)
             finer_run = finer.replace(backend="torch") if batched and finer.backend == "auto" else finer
             per_batch = min(pairs_per_batch, _pairs_per_batch(finer, [prepared[i] for i in again]))
             regrouped: Dict[int, List[int]] = {}

@@ -65,9 +65,9 @@ class Probe:
     ``window`` steps, each a fresh point batch — tells how far the small network got. Same-subject pairs reach
     0.95–1.0 there (0.95: a brain under an 8 mm sine, where ``"auto"`` beats ``"fine"``); an inter-subject brain
     pair stays near 0.86 and gains Dice from a wider network and more steps (docs/measurements.md). Below
-    ``min_ncc`` the pair is run
-    again, from the start, on ``schedule``; the probe's steps are lost (a sixth of ``"auto"``'s time; in a
-    batch of :func:`~idir_fast.register_many` where only some pairs switch, the batch's whole run).
+    ``min_ncc`` the pair is run again, from the start, on ``schedule``; the probe's steps are lost (a sixth of
+    ``"auto"``'s time; in a batch of :func:`~idir_fast.register_many` where only some pairs switch, the batch's
+    whole run).
     """
 
     stage: int
@@ -143,13 +143,14 @@ FINE: Dict[str, Profile] = {
     "cuda": PAPER,
 }
 
-SCHEDULES = ("auto", "fast", "fine", "paper")
+#: every named schedule's profiles, per device type (the first one is the fallback for other devices)
+TABLES: Dict[str, Dict[str, Profile]] = {"auto": AUTO, "fast": FAST, "fine": FINE,
+                                         "paper": {"cpu": PAPER, "cuda": PAPER}}
+SCHEDULES = tuple(TABLES)
 
 
 def profile_for(schedule: str, device_type: str) -> Profile:
-    if schedule == "paper":
-        return PAPER
-    table = {"fine": FINE, "fast": FAST}.get(schedule, AUTO)
+    table = TABLES.get(schedule, AUTO)
     return table.get(device_type, table["cpu"])
 
 
@@ -158,9 +159,9 @@ def schedule_fingerprint(schedule: str) -> dict:
     version of the schedules does not resume silently under another."""
     from dataclasses import asdict
 
-    tables = {"paper": {"any": PAPER}, "fine": FINE, "fast": FAST}
-    out = {dev: asdict(profile) for dev, profile in tables.get(schedule, AUTO).items()}
-    for dev, profile in list(tables.get(schedule, AUTO).items()):
+    table = TABLES.get(schedule, AUTO)
+    out = {dev: asdict(profile) for dev, profile in table.items()}
+    for dev, profile in table.items():
         if profile.probe is not None:
             out[f"{dev} → {profile.probe.schedule}"] = asdict(profile_for(profile.probe.schedule, dev))
     return out

@@ -240,12 +240,12 @@ def prepare_out(prefix: str, name: str = "--out") -> str:
 
 def _switch_note(requested, settings) -> str:
     """What the schedule's probe may change, for the 'preparing' line."""
-    from ..api import schedule_probe
+    from ..api import schedule_probe, switched_settings
 
     probe = schedule_probe(requested, settings)
     if probe is None:
         return ""
-    finer = requested.replace(schedule=probe.schedule).resolved()
+    finer = switched_settings(requested, probe)
     return (f" (on '{probe.schedule}', {finer.epochs} steps, SIREN {'×'.join(map(str, finer.hidden))}, if the pair "
             "is still far apart after the blurred stage)")
 

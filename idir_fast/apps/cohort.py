@@ -371,11 +371,11 @@ def pair_memory(pair: Pair, settings: RunSettings) -> Optional[int]:
         except RuntimeError:
             return None
         sizes.append(math.prod(reader.GetSize()))
-    from ..api import schedule_probe
+    from ..api import schedule_probe, switched_settings
 
     resolved = settings.resolved()
     probe = schedule_probe(settings, resolved)  # a pair the probe switches runs the larger network
-    runs = [resolved] + ([settings.replace(schedule=probe.schedule).resolved()] if probe is not None else [])
+    runs = [resolved] + ([switched_settings(settings, probe)] if probe is not None else [])
     peaks = [memory.host_peak(memory.run_bytes(mask_points=sizes[0], fixed_voxels=sizes[0], moving_voxels=sizes[1],
                                                batch=r.batch_size, hidden=r.hidden, order=r.order,
                                                dtype_bytes=torch.tensor([], dtype=r.dtype).element_size(),
