@@ -26,7 +26,19 @@ from .core.derivatives import num_streams
 from .errors import InputError
 
 CHUNK_POINTS = {"cpu": 1 << 16, "cuda": 1 << 18}
-"""Points evaluated at once per device type when writing fields: bounds the memory of field evaluation."""
+"""The most points evaluated at once per device type when writing fields: bounds the memory of field evaluation."""
+
+CPU_CHUNK_PER_THREAD = 1 << 12
+"""Grid points per CPU thread in one chunk: a chunk's streams (4 × width floats per point for det J) then stay
+in the core's L2 cache; 4,096 wrote a lung CT's field, det J and warped image in 0.65× the time of 65,536 at one
+thread, two processes side by side (docs/measurements.md)."""
+
+
+def chunk_points(device_type: str) -> int:
+    """Points per chunk of a grid pass on ``device_type`` (a CPU's scales with the threads torch uses now)."""
+    if device_type == "cpu":
+        return min(CHUNK_POINTS["cpu"], CPU_CHUNK_PER_THREAD * max(1, torch.get_num_threads()))
+    return CHUNK_POINTS.get(device_type, 1 << 16)
 
 def checks_enabled(setting: Optional[bool] = None) -> bool:
     """Whether to check: the run's ``RunSettings.memory_check`` when given, else that field's default (on, unless
@@ -215,4 +227,4 @@ def check_outputs(estimate: Dict[str, int], device, name: str = "fixed", enabled
 
 __all__ = ["available_host_memory", "device_free_memory", "human_bytes", "read_bytes", "pair_bytes",
            "training_bytes", "output_bytes", "run_bytes", "host_peak", "pairs_per_batch", "check_read", "check_run",
-           "check_outputs", "checks_enabled", "CHUNK_POINTS"]
+           "check_outputs", "checks_enabled", "CHUNK_POINTS", "chunk_points"]

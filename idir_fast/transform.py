@@ -21,7 +21,7 @@ from .core.sampling import trilinear
 from .core.siren import Siren
 from .errors import InputError
 from .io.transforms import matrix_to_transform
-from .memory import CHUNK_POINTS
+from .memory import chunk_points
 from .ops.siren_streams import StreamWorkspace, evaluate_streams, fused_available
 
 
@@ -64,7 +64,7 @@ class Transform:
 
     @property
     def chunk(self) -> int:
-        return CHUNK_POINTS.get(self.device.type, 1 << 16)
+        return chunk_points(self.device.type)
 
     # ------------------------------------------------------------------------------------------- evaluation
     def streams(self, x_normalised: torch.Tensor, order: int, net: Optional[Network] = None) -> torch.Tensor:
@@ -97,8 +97,9 @@ class Transform:
         total = int(np.prod(g.size))
         idx_to_n = torch.as_tensor(self.forward.world_to_normalised @ g.index_to_world(), dtype=torch.float64,
                                    device=self.device)
-        for start in range(0, total, self.chunk):
-            flat = torch.arange(start, min(start + self.chunk, total), device=self.device)
+        step = self.chunk
+        for start in range(0, total, step):
+            flat = torch.arange(start, min(start + step, total), device=self.device)
             ijk = torch.stack([flat % nx, (flat // nx) % ny, flat // (nx * ny)], dim=-1).to(torch.float64)
             x = ijk @ idx_to_n[:3, :3].T + idx_to_n[:3, 3]
             yield start, x, self.streams(x, order)
