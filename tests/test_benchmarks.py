@@ -109,3 +109,14 @@ def test_followup_case_keeps_the_lungs_mass_and_its_labels_follow_the_known_map(
         # thin vessels at 3 mm: the warp's interpolation moves their thresholded border, so even the exact map
         # stops short of 1 — yet far above the unregistered pair
         assert exact > (0.95 if name == "lungs" else 0.7) and exact > before + 0.05, (name, exact, before)
+
+
+def test_grid_pass_quick_run_times_each_chunk_against_the_package_choice(tmp_path):
+    from benchmarks.grid_pass import main
+
+    assert main(["--quick", "--chunks", "65536", "--processes", "1", "--out", str(tmp_path)]) == 0
+    record = json.loads(next(tmp_path.glob("grid_pass_quick_*.json")).read_text())
+    assert {r["chunk"] for r in record["rows"]} == {"package", "65536"}
+    for r in record["rows"]:
+        assert r["median_s"] > 0 and r["package_chunk"] == 4096
+    assert next(r for r in record["rows"] if r["chunk"] == "package")["ratio_to_package"] == 1.0
