@@ -58,6 +58,7 @@ def test_the_report_records_the_setting_and_the_threads_used(tiny_pair):
     assert reg.settings.threads == 1
     assert used["setting"] == 1 and used["max"] == 1 and used["adaptive"] is False and used["mean"] == 1.0
     assert [list(c) for c in used["changes"]] == [[0, 1]]
+    assert used["steps"] == sum(stage["epochs_run"] for stage in reg.run["stages"]) > 0
     auto = idir_fast.register(tiny_pair.fixed, tiny_pair.moving, **KW).run["threads_used"]
     assert auto["setting"] == "auto" and auto["adaptive"] is True
     assert 1 <= auto["mean"] <= auto["max"] == max(1, threads.usable_cores())
