@@ -106,6 +106,8 @@ class Profile:
     of the compat table's), ``omega``, ``tol`` (its stopping rule)."""
     probe: Optional[Probe] = None
     """When set, the run may switch to a finer schedule after the probe's stage (:class:`Probe`)."""
+    fold_guard: float = 0.0
+    """Weight of the fold guard (:func:`idir_fast.core.objectives.fold_guard_penalty`) added to the loss."""
 
 
 PAPER = Profile(hidden=(256, 256, 256), omega=32.0, epochs=2500, points=10_000, lr=1e-4,
@@ -133,13 +135,18 @@ FAST: Dict[str, Profile] = {device: replace(profile, probe=None) for device, pro
 # (benchmarks/results/peers_20261203T120321Z.json, peers_20261203T120450Z.json, peers_20261203T121521Z.json)
 _FIRST_ORDER_FINE = {**_FIRST_ORDER, "jacobian": {"omega": 24.0, "alpha": 0.3}}
 
+# the bending energy at 1.5e-4 (3.3e-4 elsewhere) with the fold guard at 10: the inter-subject brain's cortex reaches
+# ANTs' Dice; without the guard 2e-4 already folds 114 voxels (peers_20261203T121521Z.json), with it the few
+# regions that folded stay above det J 0.1 (docs/measurements.md, "the fold guard")
+_FINE_REGULARIZERS = {**_FIRST_ORDER_FINE, "bending": {"alpha": 1.5e-4}}
+
 FINE: Dict[str, Profile] = {
     # 2–3× the time of "auto" on the CPU for the inter-subject brain's last Dice points: a wider network, three
     # times the steps, the sharp stage on the local NCC of 7-voxel windows; 80 wide: the narrowest with the Dice
     # of ANTs SyN and no folds there (ω 40 or 96 wide: more Dice, folds; docs/measurements.md)
     "cpu": Profile(hidden=(80, 80, 80), omega=32.0, epochs=1200, points=1500, lr=5e-4,
                    stages=((0.4, 0.5, 2.0, "ncc"), (0.6, 1.0, 0.0, "lncc")), tol=1e-4, lncc_spacing=3.0,
-                   regularizers=_FIRST_ORDER_FINE),
+                   regularizers=_FINE_REGULARIZERS, fold_guard=10.0),
     "cuda": PAPER,
 }
 

@@ -68,9 +68,15 @@ class RunSettings:
         None, "voxels (of the fixed image) between the samples of a local-NCC neighbourhood, a window of "
         "2·spacing + 1 voxels per axis (default: from the schedule)", parse=float, shown="derived",
         check=lambda v: _number(v, "lncc_spacing", "a finite positive number", lambda x: x > 0))
-    alpha: Optional[float] = _setting(None, "regulariser weight α (default: per regulariser and compat, README)",
+    alpha: Optional[float] = _setting(None, "regulariser weight α (default: per regulariser, schedule and compat, README)",
                                       check=lambda v: _number(v, "alpha", "a finite number ≥ 0", lambda x: x >= 0),
                                       parse=float, shown="derived")
+    fold_guard: Optional[float] = _setting(
+        None, "weight of the fold guard, mean max(0, 0.3 − det J)² added to the loss: it acts only where Φ "
+        "shrinks a region below 0.3 of its volume, toward folding (0: off; default: from the schedule — 10 on "
+        "fine on a CPU, including the pairs auto switches to fine; 0 otherwise, with --compat and with "
+        "--regularizer none)", parse=float, shown="derived",
+        check=lambda v: _number(v, "fold_guard", "a finite number ≥ 0", lambda x: x >= 0))
     schedule: str = _setting(
         "auto", "auto: coarse-to-fine stages and a network sized for the device (README, 'Time to accuracy'); on "
         "a CPU a pair still far apart after the blurred stage (inter-subject) is run again on fine; "
@@ -167,6 +173,9 @@ class RunSettings:
             elif value is not None and choices is not None and value not in choices:
                 raise InputError(f"'{f.name}' must be one of {tuple(choices)}, got {value!r}")
             object.__setattr__(self, f.name, value)
+        if self.fold_guard and self.regularizer_spec.order == 0:
+            raise InputError(f"'fold_guard' acts on the regulariser's det J; with regularizer=None there is none "
+                             f"(got fold_guard={self.fold_guard!r}: choose a regulariser or leave it unset)")
         if self.symmetric and self.backend not in ("auto", "torch"):
             raise InputError("'symmetric' trains the forward and backward networks in one batched step of the "
                              f"'torch' backend; backend={self.backend!r} cannot")
@@ -221,6 +230,8 @@ class RunSettings:
             epochs=self.epochs or profile.epochs, batch_size=points,
             hidden=hidden, omega=self.omega or own.get("omega", profile.omega),
             lncc_spacing=self.lncc_spacing or profile.lncc_spacing,
+            fold_guard=(profile.fold_guard if self.compat is None and self.regularizer_spec.order else 0.0)
+            if self.fold_guard is None else self.fold_guard,
             tol=own.get("tol", profile.tol) if self.tol is None else self.tol,
             alpha=own.get("alpha", self.regularizer_spec.default_alpha(self.compat)) if self.alpha is None
             else self.alpha,

@@ -309,7 +309,9 @@ class ThreadGovernor:
     def record(self) -> dict:
         """What the report keeps: the setting, the most threads allowed and why, and the count over the steps
         (``changes``: ``[step, threads]`` from that step on). Steps count every optimisation of the run in order:
-        with a schedule probe that switched, the first try's steps come first (``schedule_probe`` in the report)."""
+        with a schedule probe that switched, the first try's steps come first (``schedule_probe`` in the report).
+        One governor serves a whole :func:`~idir_fast.register_many` call: there a batched step counts once for
+        its pairs, and each pair's report holds the counts up to the moment its result was built."""
         return {"setting": self.setting, "max": self.maximum, "usable_cores": usable_cores(),
                 "workers": workers(), "adaptive": self.adaptive, "steps": self.steps,
                 "mean": round(self.thread_steps / self.steps, 3) if self.steps else float(self.current),

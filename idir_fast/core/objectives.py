@@ -164,6 +164,17 @@ def hyperelastic_penalty(J: torch.Tensor, alpha_length: float = 1.0, alpha_area:
     return (alpha_length * length + alpha_area * area + alpha_volume * volume).mean()
 
 
+FOLD_GUARD_DET = 0.3
+"""The volume ratio below which the fold guard acts (:func:`fold_guard_penalty`)."""
+
+
+def fold_guard_penalty(J: torch.Tensor, floor: float = FOLD_GUARD_DET) -> torch.Tensor:
+    """Mean over points of ``max(0, floor − det J)²``: zero wherever Φ keeps at least ``floor`` of the volume,
+    growing as a point approaches folding (``det J ≤ 0``). A weak bending energy lets the local NCC pull a few
+    small regions into folds; this term pushes back only there, so the rest of the map is untouched."""
+    return torch.relu(floor - determinant(J)).pow(2).mean()
+
+
 def bending_penalty(H6: torch.Tensor, compat: Optional[str] = None) -> torch.Tensor:
     """Bending energy of Φ from its Hessian in pair form ``(N, 3, 6)``.
 

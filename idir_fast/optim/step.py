@@ -17,7 +17,7 @@ from torch.func import vmap
 
 from ..backends import BackendChoice, self_check
 from ..core.derivatives import Derivatives, derivatives_from_streams
-from ..core.objectives import SIMILARITIES
+from ..core.objectives import SIMILARITIES, fold_guard_penalty
 from ..core.sampling import trilinear_with_gradient
 from ..core.siren import Siren
 from ..ops.siren_streams import siren_streams
@@ -45,13 +45,15 @@ def matmul_precision(precision: str, device: torch.device):
 
 
 class _Objective:
-    """``(loss, −NCC, R)`` of one pair from Φ and its derivatives: the one assembly of the objective."""
+    """``(loss, −NCC, R)`` of one pair from Φ and its derivatives: the one assembly of the objective,
+    ``loss = −NCC + α·R (+ β·G, the fold guard, when the settings weigh it)``."""
 
     def __init__(self, settings: RunSettings, backend, pair: PreparedPair, similarity: str = "ncc"):
         if similarity not in SIMILARITIES:
             raise ValueError(f"'similarity' must be one of {SIMILARITIES}, got {similarity!r}")
         self.spec = settings.regularizer_spec
         self.alpha, self.compat = float(settings.alpha), settings.compat
+        self.fold_guard = float(settings.fold_guard or 0.0) if self.spec.order >= 1 else 0.0
         self.similarity = backend.similarity
         self.uses_global = similarity in ("ncc", "ncc+lncc")
         self.local = (LocalNCC(pair, settings.lncc_spacing, backend.sample, backend.local_moments)
@@ -74,7 +76,10 @@ class _Objective:
         if self.spec.penalty is None:
             return sim, sim, self.zero
         reg = self.spec.penalty(d.J, d.H6, self.compat)
-        return sim + self.alpha * reg, sim, reg
+        loss = sim + self.alpha * reg
+        if self.fold_guard:  # only where det J < FOLD_GUARD_DET; the history's R stays the regulariser's own
+            loss = loss + self.fold_guard * fold_guard_penalty(d.J)
+        return loss, sim, reg
 
 
 class PairStep:
