@@ -174,8 +174,8 @@ class RunSettings:
                 raise InputError(f"'{f.name}' must be one of {tuple(choices)}, got {value!r}")
             object.__setattr__(self, f.name, value)
         if self.fold_guard and self.regularizer_spec.order == 0:
-            raise InputError(f"'fold_guard' acts on the regulariser's det J; with regularizer=None there is none "
-                             f"(got fold_guard={self.fold_guard!r}: choose a regulariser or leave it unset)")
+            raise InputError(f"'fold_guard' needs a regulariser: it acts on det J, and regularizer none computes "
+                             f"none (got {self.fold_guard!r}; choose a regulariser or leave the guard unset)")
         if self.symmetric and self.backend not in ("auto", "torch"):
             raise InputError("'symmetric' trains the forward and backward networks in one batched step of the "
                              f"'torch' backend; backend={self.backend!r} cannot")
