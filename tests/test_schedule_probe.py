@@ -77,6 +77,7 @@ def test_register_many_runs_only_the_far_pairs_again(tiny_schedules, pairs):
     many = idir_fast.register_many(items, pairs_per_batch=3, **KW)
     assert [r.settings.schedule for r in many] == ["auto", "fine", "auto"]
     assert [r.run["pairs_in_batch"] for r in many] == [3, 1, 3]
+    assert many[1].settings.fold_guard == schedule.FINE["cpu"].fold_guard > 0  # the batched step guards too
     alone = idir_fast.register(*far, **KW)
     np.testing.assert_allclose(many[1].history["loss"], alone.history["loss"], rtol=2e-5, atol=1e-6)
     kept = idir_fast.register(close.fixed, close.moving, close.mask, **KW)
