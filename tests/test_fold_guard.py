@@ -78,3 +78,18 @@ def test_the_guard_weight_comes_from_the_schedule_and_the_caller_keeps_theirs():
             RunSettings(fold_guard=bad)
     with pytest.raises(InputError, match="'fold_guard' needs a regulariser"):
         RunSettings(fold_guard=1.0, regularizer=None)
+
+
+def test_a_batched_step_guards_each_pair_as_its_own_step_does():
+    from idir_fast.optim.step import BatchedStep
+
+    step, pair, _ = _folding_step(5.0, "torch")
+    x, f = pair.points, pair.fixed_values
+    alone = float(step(x[None], f[None])[0, 0])  # the loss before its Adam update
+    plain, _, _ = _folding_step(0.0, "torch")
+    assert alone > float(plain(x[None], f[None])[0, 0])  # the guard acts on this network
+    sirens = [_folding_step(5.0, "torch")[2] for _ in range(2)]  # the same initial weights, twice
+    batched = BatchedStep(sirens, [pair, pair], backends.select("torch", torch.device("cpu")), step.settings)
+    rows = batched(torch.stack([x, x]), torch.stack([f, f]))
+    for i in range(2):
+        assert float(rows[i, 0]) == pytest.approx(alone, rel=1e-9)
