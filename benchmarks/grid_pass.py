@@ -37,8 +37,8 @@ def probe(chunks: List[int], rounds: int, data: Optional[str], quick: bool) -> D
     from .cases import ct_case, phantom_case
 
     case = phantom_case() if quick else ct_case(18.0, data, seed=0)
-    reg = idir_fast.register(case.fixed, case.moving, case.mask, settings=idir_fast.RunSettings(epochs=20, seed=0, device="cpu"),
-                             progress=False)
+    settings = idir_fast.RunSettings(epochs=20, seed=0, device="cpu")
+    reg = idir_fast.register(case.fixed, case.moving, case.mask, settings=settings, progress=False)
     moving = reg.warped_input()
     own = transform_module.chunk_points
     sizes = ["package"] + [str(c) for c in chunks]

@@ -40,6 +40,7 @@ def chunk_points(device_type: str) -> int:
         return min(CHUNK_POINTS["cpu"], CPU_CHUNK_PER_THREAD * max(1, torch.get_num_threads()))
     return CHUNK_POINTS.get(device_type, 1 << 16)
 
+
 def checks_enabled(setting: Optional[bool] = None) -> bool:
     """Whether to check: the run's ``RunSettings.memory_check`` when given, else that field's default (on, unless
     ``IDIR_FAST_NO_MEMORY_CHECK=1``, :mod:`idir_fast.config`)."""

@@ -68,7 +68,8 @@ class RunSettings:
         None, "voxels (of the fixed image) between the samples of a local-NCC neighbourhood, a window of "
         "2·spacing + 1 voxels per axis (default: from the schedule)", parse=float, shown="derived",
         check=lambda v: _number(v, "lncc_spacing", "a finite positive number", lambda x: x > 0))
-    alpha: Optional[float] = _setting(None, "regulariser weight α (default: per regulariser, schedule and compat, README)",
+    alpha: Optional[float] = _setting(None, "regulariser weight α (default: per regulariser, schedule and compat, "
+                                            "README)",
                                       check=lambda v: _number(v, "alpha", "a finite number ≥ 0", lambda x: x >= 0),
                                       parse=float, shown="derived")
     fold_guard: Optional[float] = _setting(
