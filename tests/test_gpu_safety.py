@@ -38,6 +38,20 @@ def test_every_step_is_capture_safe(backend, regularizer):
     assert not violations, "\n".join(violations)
 
 
+@pytest.mark.parametrize("regularizer", [r for r in REGULARIZERS if r])
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+def test_a_step_with_the_fold_guard_is_capture_safe(backend, regularizer):
+    if backend == "triton" and not (INTERPRETER or torch.cuda.is_available()):
+        pytest.skip("needs a GPU or the Triton interpreter")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    step, pair = make_step(backend, regularizer, 400, (16, 16), device, fold_guard=5.0)
+    assert step.objective.fold_guard == 5.0
+    violations = check_step(step, _sampler([pair]))
+    if backend == "triton" and INTERPRETER:
+        violations = [v for v in violations if "_local_scalar_dense" not in v and "meta" not in v]
+    assert not violations, "\n".join(violations)
+
+
 @pytest.mark.parametrize("regularizer", REGULARIZERS, ids=lambda r: r or "none")
 def test_the_batched_step_is_capture_safe(regularizer):
     pairs = [synthetic_pair(300, "cpu", seed=s, size=16) for s in (0, 1)]

@@ -94,11 +94,13 @@ def gemm_rate(n_points: int, hidden: Sequence[int], order: int, device="cpu", re
 
 
 def make_step(backend_name: str, regularizer: Optional[str], n_points: int, hidden: Sequence[int], device="cpu",
-              seed: int = 0, precision: Optional[str] = None, similarity: str = "ncc"):
-    """The registration loop's step on a synthetic problem: ``(step, pair)``; the backend must be available."""
+              seed: int = 0, precision: Optional[str] = None, similarity: str = "ncc", **settings):
+    """The registration loop's step on a synthetic problem: ``(step, pair)``; the backend must be available.
+    ``settings``: more :class:`~idir_fast.settings.RunSettings` fields (e.g. ``fold_guard``)."""
     device = torch.device(device)
     settings = RunSettings(regularizer=regularizer, hidden=tuple(hidden), batch_size=n_points, backend=backend_name,
-                           device=str(device), precision=precision, lr=1e-4, similarity=similarity).resolved()
+                           device=str(device), precision=precision, lr=1e-4, similarity=similarity,
+                           **settings).resolved()
     pair = synthetic_pair(n_points, device, seed=seed)
     torch.manual_seed(seed)
     siren = Siren(hidden).to(device)
