@@ -5,6 +5,8 @@
   of amplitude A; 100 landmarks in the lungs; ``seed`` varies the motion);
 * ``ct-followup-<A>mm`` — the same motion plus the lungs' density change it implies (mass-preserving) and noise:
   intensities that differ locally, as in a real inhale/exhale pair; lung and vessel Dice beside the TRE;
+* ``ct-followup-<A>mm-pose`` — the follow-up case with the moving image also in another pose (a rigid turn and
+  shift, as a patient lies differently at a later scan; :func:`posed_case`);
 * ``phantom`` — :func:`idir_fast.data.phantom_pair` (the demo phantom);
 * ``blobs`` — a smooth non-lung texture (Gaussian blobs in an ellipsoidal body, 36×44×40 voxels of 2 mm) deformed
   by a known sine displacement of 3 mm amplitude;
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -51,6 +53,11 @@ class Case:
         mask: UInt8 mask of the fixed image (folding is counted inside it; idir_fast samples inside it).
         fixed_landmarks, moving_landmarks: ``(N, 3)`` world points (LPS mm); ``moving = Φ(fixed)`` exactly.
         description: one line saying how the pair was made.
+        moving_labels, fixed_labels: label maps of each image, made the same way on each (``structures``: name →
+            label values), for the Dice of a result.
+        mapping: the exact map Φ, ``(N, 3)`` fixed world points → moving world points, where the case knows it
+            everywhere (not only at the landmarks): the summary then holds ``dice_exact``, what Φ itself scores
+            (labels are thresholded and resampled, so even Φ stops short of 1).
     """
 
     name: str
@@ -64,14 +71,32 @@ class Case:
     moving_labels: Optional[sitk.Image] = None
     fixed_labels: Optional[sitk.Image] = None
     structures: dict = field(default_factory=dict)
+    mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None
 
     def summary(self) -> dict:
-        """Geometry and landmark count, for the results file."""
+        """Geometry and landmark count (and the exact map's Dice), for the results file."""
+        extra = dict(self.extra)
+        if self.mapping is not None and self.moving_labels is not None:
+            extra["dice_exact"] = label_dice(warp_labels(self.moving_labels, self.mapping, self.fixed_labels),
+                                             self.fixed_labels, self.structures)
         return {"name": self.name, "description": self.description, "size": list(self.fixed.GetSize()),
                 "spacing": list(self.fixed.GetSpacing()), "origin": list(self.fixed.GetOrigin()),
                 "direction": list(self.fixed.GetDirection()), "landmarks": 0 if self.fixed_landmarks is None else int(len(self.fixed_landmarks)),
                 "structures": {k: list(v) for k, v in self.structures.items()},
-                "mask_voxels": int(np.count_nonzero(sitk.GetArrayViewFromImage(self.mask))), **self.extra}
+                "mask_voxels": int(np.count_nonzero(sitk.GetArrayViewFromImage(self.mask))), **extra}
+
+
+def label_dice(warped: sitk.Image, truth: sitk.Image, structures: dict) -> dict:
+    """Dice per structure (each a union of label values) of a warped label map against the truth on one grid,
+    and their mean."""
+    a, b = sitk.GetArrayViewFromImage(warped), sitk.GetArrayViewFromImage(truth)
+    out = {}
+    for name, values in structures.items():
+        x, y = np.isin(a, values), np.isin(b, values)
+        total = int(x.sum()) + int(y.sum())
+        out[name] = float(2.0 * np.logical_and(x, y).sum() / total) if total else float("nan")
+    out["mean"] = float(np.nanmean(list(out.values())))
+    return out
 
 
 class SineDeformation:
@@ -269,7 +294,37 @@ def followup_case(image: sitk.Image, amplitude_mm: float, seed: int, name: str, 
                 f"{made} with the lung density change of the motion (mass-preserving, volume ratio "
                 f"{det[parenchyma].min():.2f}–{det[parenchyma].max():.2f}) and 10 HU noise; lung and vessel Dice",
                 moving_labels=lung_labels(moving, lungs), fixed_labels=lung_labels(pair.fixed, pair.mask),
-                structures=LUNG_STRUCTURES)
+                structures=LUNG_STRUCTURES, mapping=pair.mapping)
+
+
+FOLLOWUP_POSE = {"rotation_deg": (2.0, -1.5, 3.0), "translation_mm": (4.0, -6.0, -8.0)}
+"""The later scan's pose in ``ct-followup-<A>mm-pose``: Euler angles about x, y, z (LPS) through the moving
+image's centre, then a shift, of the size a patient's position differs by between two scans on one table."""
+
+
+def posed_case(case: Case, rotation_deg: Sequence[float], translation_mm: Sequence[float],
+               name: Optional[str] = None) -> Case:
+    """``case`` with its moving side in another pose P (rigid, world mm): the moving image and labels become
+    ``I(P⁻¹ y)`` on their own grid (air, −1000, where they leave it) and the truth becomes ``P ∘ Φ``. A pair whose
+    poses differ, as a real baseline/follow-up pair's do; the affine stage's reason to exist."""
+    pose = sitk.Euler3DTransform()
+    pose.SetCenter(tuple(float(c) for c in image_centre(case.moving)))
+    pose.SetRotation(*np.deg2rad(np.asarray(rotation_deg, dtype=np.float64)).tolist())
+    pose.SetTranslation(tuple(float(t) for t in translation_mm))
+    back = pose.GetInverse()  # Resample pulls: out(y) = in(back(y))
+    background = float(min(-1000.0, np.min(sitk.GetArrayViewFromImage(case.moving))))
+    moving = sitk.Resample(case.moving, case.moving, back, sitk.sitkLinear, background, sitk.sitkFloat32)
+    labels = None if case.moving_labels is None else sitk.Resample(
+        case.moving_labels, case.moving_labels, back, sitk.sitkNearestNeighbor, 0)
+    rot = np.asarray(pose.GetMatrix(), dtype=np.float64).reshape(3, 3)
+    shift = np.asarray(pose.GetTranslation()) + np.asarray(pose.GetCenter()) - rot @ np.asarray(pose.GetCenter())
+    move = (lambda p: np.asarray(p, dtype=np.float64) @ rot.T + shift)  # noqa: E731  P(p) = R (p − c) + c + t
+    landmarks = None if case.moving_landmarks is None else move(case.moving_landmarks)
+    mapping = None if case.mapping is None else (lambda p: move(case.mapping(p)))  # noqa: E731
+    return Case(name or f"{case.name}-pose", case.fixed, moving, case.mask, case.fixed_landmarks, landmarks,
+                f"{case.description}; the moving side then turned by {tuple(rotation_deg)}° (x, y, z) about its "
+                f"centre and shifted by {tuple(translation_mm)} mm", extra=dict(case.extra),
+                moving_labels=labels, fixed_labels=case.fixed_labels, structures=case.structures, mapping=mapping)
 
 
 def phantom_case() -> Case:
@@ -279,19 +334,20 @@ def phantom_case() -> Case:
                 "idir_fast.data.phantom_pair() (procedural lung phantom, 15 mm breathing motion); lung mask")
 
 
-def warp_labels(labels: sitk.Image, mapping_inverse) -> sitk.Image:
-    """``L(Φ⁻¹(y))`` on the grid of ``labels``, nearest neighbour (0 outside): a label map carried by a known map."""
-    g = ImageGeometry.from_sitk(labels)
-    src = apply_affine(g.world_to_index(), mapping_inverse(apply_affine(g.index_to_world(),
-                                                                        g.voxel_grid_index(dtype=torch.float64).numpy())))
+def warp_labels(labels: sitk.Image, mapping_inverse, grid: Optional[sitk.Image] = None) -> sitk.Image:
+    """``L(Φ⁻¹(y))`` on the grid of ``grid`` (default: of ``labels``), nearest neighbour (0 outside): a label map
+    carried by a known map (``mapping_inverse``: output world points → ``labels``' world points)."""
+    g, src_g = ImageGeometry.from_sitk(grid if grid is not None else labels), ImageGeometry.from_sitk(labels)
+    src = apply_affine(src_g.world_to_index(), mapping_inverse(apply_affine(
+        g.index_to_world(), g.voxel_grid_index(dtype=torch.float64).numpy())))
     idx = np.rint(src).astype(np.int64)
-    size = np.asarray(g.size)
+    size = np.asarray(src_g.size)
     inside = np.all((idx >= 0) & (idx < size), axis=1)
     arr = sitk.GetArrayViewFromImage(labels)
     out = np.zeros(len(idx), dtype=arr.dtype)
     out[inside] = arr[idx[inside, 2], idx[inside, 1], idx[inside, 0]]
     img = sitk.GetImageFromArray(out.reshape(g.shape_zyx))
-    img.CopyInformation(labels)
+    img.CopyInformation(grid if grid is not None else labels)
     return img
 
 
@@ -344,7 +400,8 @@ def brain_case(amplitude_mm: float = 4.0, data: Optional[str] = None, seed: int 
     return Case(f"brain-{amplitude_mm:g}mm", fixed, moving, mask, fixed_lm, phi(fixed_lm),
                 f"brain T1 {fixed.GetSize()} at 1 mm deformed by a sine displacement of {amplitude_mm:g} mm "
                 f"amplitude, {wavelength_mm:g} mm wavelength (seed {seed}); labels carried by the same map",
-                moving_labels=warp_labels(labels, phi.inverse), fixed_labels=labels, structures=BRAIN_STRUCTURES)
+                moving_labels=warp_labels(labels, phi.inverse), fixed_labels=labels, structures=BRAIN_STRUCTURES,
+                mapping=phi)
 
 
 def icbm_template():
@@ -395,9 +452,10 @@ def build_case(name: str, data: Optional[str] = None) -> Case:
     m = re.fullmatch(r"ct-(\d+(?:\.\d+)?)mm", name)
     if m:
         return ct_case(float(m.group(1)), data)
-    m = re.fullmatch(r"ct-followup-(\d+(?:\.\d+)?)mm", name)
+    m = re.fullmatch(r"ct-followup-(\d+(?:\.\d+)?)mm(-pose)?", name)
     if m:
-        return ct_followup_case(float(m.group(1)), data)
+        case = ct_followup_case(float(m.group(1)), data)
+        return posed_case(case, **FOLLOWUP_POSE) if m.group(2) else case
     m = re.fullmatch(r"brain-(\d+(?:\.\d+)?)mm", name)
     if m:
         return brain_case(float(m.group(1)), data)
@@ -408,4 +466,4 @@ def build_case(name: str, data: Optional[str] = None) -> Case:
     if name == "blobs":
         return blobs_case()
     raise ValueError(f"unknown case {name!r}; known: {', '.join(ALL_CASES)} (ct-<amplitude>mm, "
-                     "ct-followup-<amplitude>mm and brain-<amplitude>mm for any amplitude)")
+                     "ct-followup-<amplitude>mm[-pose] and brain-<amplitude>mm for any amplitude)")

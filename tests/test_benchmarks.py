@@ -111,6 +111,50 @@ def test_followup_case_keeps_the_lungs_mass_and_its_labels_follow_the_known_map(
         assert exact > (0.95 if name == "lungs" else 0.7) and exact > before + 0.05, (name, exact, before)
 
 
+def test_posed_case_moves_the_moving_side_rigidly_and_keeps_the_exact_map():
+    """``posed_case``: the moving image and labels in another pose P, the truth ``P ∘ Φ`` at the landmarks and
+    everywhere (``mapping``), so the exact map's Dice stays what the unposed case's is while the unregistered
+    pair's drops; intensities agree under P at interior points."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from benchmarks.cases import followup_case, posed_case
+    from idir_fast.data import lung_phantom
+
+    image, mask, _ = lung_phantom(seed=1, noise_hu=0.0)
+    case = followup_case(image, 15.0, 0, "phantom-followup", "the lung phantom", mask=mask)
+    posed = posed_case(case, rotation_deg=(0.0, 0.0, 4.0), translation_mm=(3.0, -2.0, 0.0))
+    assert posed.name == "phantom-followup-pose" and posed.fixed is case.fixed
+    np.testing.assert_allclose(posed.mapping(case.fixed_landmarks), posed.moving_landmarks, atol=1e-9)
+    # P itself: a 4° turn about z through the moving image's centre, then the shift
+    c = np.asarray(case.moving.TransformContinuousIndexToPhysicalPoint(
+        [(s - 1) / 2.0 for s in case.moving.GetSize()]))
+    t = np.deg2rad(4.0)
+    rot = np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
+    expected = (case.moving_landmarks - c) @ rot.T + c + np.array([3.0, -2.0, 0.0])
+    np.testing.assert_allclose(posed.moving_landmarks, expected, atol=1e-6)
+    # the posed image at P(y) is the unposed image at y (linear interpolation: compare at voxel centres inside)
+    arr = sitk.GetArrayViewFromImage(case.moving)
+    moved = sitk.GetArrayViewFromImage(posed.moving)
+    idx = np.argwhere(np.ones(arr.shape, bool))[::97][:, ::-1]  # (i, j, k)
+    world = np.array([case.moving.TransformIndexToPhysicalPoint(tuple(int(v) for v in p)) for p in idx])
+    target = np.array([posed.moving.TransformPhysicalPointToContinuousIndex(tuple(p))
+                       for p in (world - c) @ rot.T + c + np.array([3.0, -2.0, 0.0])])
+    near = np.all((target > 1) & (target < np.asarray(posed.moving.GetSize()) - 2), axis=1)
+    on_grid = near & np.all(np.abs(target - np.rint(target)) < 0.05, axis=1)
+    assert on_grid.sum() > 20
+    got = [moved[tuple(np.rint(p[::-1]).astype(int))] for p in target[on_grid]]
+    np.testing.assert_allclose(got, arr[tuple(idx[on_grid][:, ::-1].T)], atol=60.0)
+    exact, exact_posed = case.summary()["dice_exact"], posed.summary()["dice_exact"]
+    assert exact["lungs"] > 0.95 and abs(exact_posed["lungs"] - exact["lungs"]) < 0.02, (exact, exact_posed)
+
+    def dice(x, y):
+        a, b = sitk.GetArrayViewFromImage(x) > 0, sitk.GetArrayViewFromImage(y) > 0
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    assert dice(posed.moving_labels, posed.fixed_labels) < dice(case.moving_labels, case.fixed_labels) - 0.02
+
+
 def test_grid_pass_quick_run_times_each_chunk_against_the_package_choice(tmp_path):
     from benchmarks.grid_pass import main
 

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from idir_fast.core.metrics import folding, tre
 
-from ..cases import Case
+from ..cases import Case, label_dice
 
 
 @dataclass
@@ -52,19 +52,6 @@ class Registered:
 def displacement_jacobian(field_image: sitk.Image) -> sitk.Image:
     """``det(I + ∂u/∂x)`` of a world displacement field on its grid (ANTs ``0Warp``-style, affine included)."""
     return sitk.DisplacementFieldJacobianDeterminant(sitk.Cast(field_image, sitk.sitkVectorFloat64))
-
-
-def label_dice(warped: sitk.Image, truth: sitk.Image, structures: dict) -> dict:
-    """Dice per structure (each a union of label values) of a warped label map against the truth on one grid,
-    and their mean."""
-    a, b = sitk.GetArrayViewFromImage(warped), sitk.GetArrayViewFromImage(truth)
-    out = {}
-    for name, values in structures.items():
-        x, y = np.isin(a, values), np.isin(b, values)
-        total = int(x.sum()) + int(y.sum())
-        out[name] = float(2.0 * np.logical_and(x, y).sum() / total) if total else float("nan")
-    out["mean"] = float(np.nanmean(list(out.values())))
-    return out
 
 
 def evaluate(case: Case, result: Registered) -> dict:
