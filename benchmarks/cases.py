@@ -7,6 +7,9 @@
   intensities that differ locally, as in a real inhale/exhale pair; lung and vessel Dice beside the TRE;
 * ``ct-followup-<A>mm-pose`` — the follow-up case with the moving image also in another pose (a rigid turn and
   shift, as a patient lies differently at a later scan; :func:`posed_case`);
+* any CT case name ending in ``@<s>mm`` (e.g. ``ct-followup-18mm-pose@1mm``): the same case made from the CT
+  resampled to ``s`` mm voxels (:func:`read_ct`) — the same anatomy on a finer grid, for how each tool's time
+  grows with the voxel count;
 * ``phantom`` — :func:`idir_fast.data.phantom_pair` (the demo phantom);
 * ``blobs`` — a smooth non-lung texture (Gaussian blobs in an ellipsoidal body, 36×44×40 voxels of 2 mm) deformed
   by a known sine displacement of 3 mm amplitude;
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -234,13 +237,30 @@ def blobs_case(amplitude_mm: float = 3.0, num_landmarks: int = 100, noise: float
                 f"the body")
 
 
-def ct_case(amplitude_mm: float, data: Optional[str] = None, seed: int = 0, num_landmarks: int = 100) -> Case:
-    """The shared chest CT deformed by :func:`idir_fast.data.deformed_pair` at ``amplitude_mm``."""
+def read_ct(data: Optional[str] = None, spacing_mm: Optional[float] = None) -> Tuple[sitk.Image, str]:
+    """The shared chest CT (HU), resampled (linear) to ``spacing_mm`` isotropic voxels over the same extent when
+    given, and a phrase saying which."""
     ct = data_file(data, *CT_FILE)
-    pair = deformed_pair(sitk.ReadImage(str(ct)), amplitude_mm=amplitude_mm, num_landmarks=num_landmarks, seed=seed)
-    name = f"ct-{amplitude_mm:g}mm" + (f"-s{seed}" if seed else "")
+    image = sitk.ReadImage(str(ct))
+    if spacing_mm is None:
+        return image, ct.name
+    extent = np.asarray(image.GetSize()) * np.asarray(image.GetSpacing())
+    size = [int(round(e / spacing_mm)) for e in extent]
+    # the same corner of the grid: the first voxel's outer face stays where it was
+    origin = image.TransformContinuousIndexToPhysicalPoint([(spacing_mm / sp - 1.0) / 2.0 for sp in image.GetSpacing()])
+    resampled = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin, (spacing_mm,) * 3,
+                              image.GetDirection(), -1000.0, sitk.sitkFloat32)
+    return resampled, f"{ct.name} resampled to {spacing_mm:g} mm {tuple(size)}"
+
+
+def ct_case(amplitude_mm: float, data: Optional[str] = None, seed: int = 0, num_landmarks: int = 100,
+            spacing_mm: Optional[float] = None) -> Case:
+    """The shared chest CT deformed by :func:`idir_fast.data.deformed_pair` at ``amplitude_mm``."""
+    image, made = read_ct(data, spacing_mm)
+    pair = deformed_pair(image, amplitude_mm=amplitude_mm, num_landmarks=num_landmarks, seed=seed)
+    name = f"ct-{amplitude_mm:g}mm" + (f"-s{seed}" if seed else "") + (f"@{spacing_mm:g}mm" if spacing_mm else "")
     return Case(name, pair.fixed, pair.moving, pair.mask, pair.fixed_landmarks, pair.moving_landmarks,
-                f"{ct.name} deformed by deformed_pair(amplitude_mm={amplitude_mm:g}, num_landmarks={num_landmarks}, "
+                f"{made} deformed by deformed_pair(amplitude_mm={amplitude_mm:g}, num_landmarks={num_landmarks}, "
                 f"seed={seed}); lung mask")
 
 
@@ -259,7 +279,8 @@ def lung_labels(image: sitk.Image, lungs: sitk.Image) -> sitk.Image:
     return out
 
 
-def ct_followup_case(amplitude_mm: float = 18.0, data: Optional[str] = None, seed: int = 0) -> Case:
+def ct_followup_case(amplitude_mm: float = 18.0, data: Optional[str] = None, seed: int = 0,
+                     spacing_mm: Optional[float] = None) -> Case:
     """The shared chest CT as a baseline/follow-up-like pair: the breathing motion of :func:`ct_case` and the
     density change it implies. Lung parenchyma keeps its mass, so its ``HU + 1000`` scales with the volume change:
     ``moving(y) = (fixed(Φ⁻¹y) + 1000) · det ∂Φ⁻¹/∂y − 1000`` where the warped fixed is at most
@@ -267,9 +288,10 @@ def ct_followup_case(amplitude_mm: float = 18.0, data: Optional[str] = None, see
     noise. Unlike the other CT cases the intensities of the two images then differ, locally, as in a real
     inhale/exhale pair. Dice of the lungs and of the vessels (HU > −500 inside the lungs, thresholded on each
     image as a user would) beside the landmarks' TRE."""
-    ct = data_file(data, *CT_FILE)
-    return followup_case(sitk.ReadImage(str(ct)), amplitude_mm, seed, f"ct-followup-{amplitude_mm:g}mm",
-                         f"{ct.name} deformed by deformed_pair(amplitude_mm={amplitude_mm:g}, seed={seed})")
+    image, made = read_ct(data, spacing_mm)
+    return followup_case(image, amplitude_mm, seed,
+                         f"ct-followup-{amplitude_mm:g}mm" + (f"@{spacing_mm:g}mm" if spacing_mm else ""),
+                         f"{made} deformed by deformed_pair(amplitude_mm={amplitude_mm:g}, seed={seed})")
 
 
 def followup_case(image: sitk.Image, amplitude_mm: float, seed: int, name: str, made: str,
@@ -305,8 +327,8 @@ image's centre, then a shift, of the size a patient's position differs by betwee
 def posed_case(case: Case, rotation_deg: Sequence[float], translation_mm: Sequence[float],
                name: Optional[str] = None) -> Case:
     """``case`` with its moving side in another pose P (rigid, world mm): the moving image and labels become
-    ``I(P⁻¹ y)`` on their own grid (air, −1000, where they leave it) and the truth becomes ``P ∘ Φ``. A pair whose
-    poses differ, as a real baseline/follow-up pair's do; the affine stage's reason to exist."""
+    ``I(P⁻¹ y)`` on their own grid (air, −1000, where they leave it) and the truth becomes ``P ∘ Φ``. A pair
+    whose poses differ, as a real baseline/follow-up pair's do; the affine stage's reason to exist."""
     pose = sitk.Euler3DTransform()
     pose.SetCenter(tuple(float(c) for c in image_centre(case.moving)))
     pose.SetRotation(*np.deg2rad(np.asarray(rotation_deg, dtype=np.float64)).tolist())
@@ -448,14 +470,17 @@ def icbm_case(data: Optional[str] = None) -> Case:
 
 
 def build_case(name: str, data: Optional[str] = None) -> Case:
-    """The case called ``name`` (:data:`ALL_CASES`; ``ct-<A>mm`` and ``brain-<A>mm`` for any amplitude)."""
-    m = re.fullmatch(r"ct-(\d+(?:\.\d+)?)mm", name)
+    """The case called ``name`` (:data:`ALL_CASES`; ``ct-<A>mm`` and ``brain-<A>mm`` for any amplitude, CT cases
+    with ``@<s>mm`` on a resampled CT)."""
+    m = re.fullmatch(r"(ct-.*)@(\d+(?:\.\d+)?)mm", name)
+    base, spacing = (m.group(1), float(m.group(2))) if m else (name, None)
+    m = re.fullmatch(r"ct-(\d+(?:\.\d+)?)mm", base)
     if m:
-        return ct_case(float(m.group(1)), data)
-    m = re.fullmatch(r"ct-followup-(\d+(?:\.\d+)?)mm(-pose)?", name)
+        return ct_case(float(m.group(1)), data, spacing_mm=spacing)
+    m = re.fullmatch(r"ct-followup-(\d+(?:\.\d+)?)mm(-pose)?", base)
     if m:
-        case = ct_followup_case(float(m.group(1)), data)
-        return posed_case(case, **FOLLOWUP_POSE) if m.group(2) else case
+        case = ct_followup_case(float(m.group(1)), data, spacing_mm=spacing)
+        return posed_case(case, **FOLLOWUP_POSE, name=name) if m.group(2) else case
     m = re.fullmatch(r"brain-(\d+(?:\.\d+)?)mm", name)
     if m:
         return brain_case(float(m.group(1)), data)
@@ -466,4 +491,5 @@ def build_case(name: str, data: Optional[str] = None) -> Case:
     if name == "blobs":
         return blobs_case()
     raise ValueError(f"unknown case {name!r}; known: {', '.join(ALL_CASES)} (ct-<amplitude>mm, "
-                     "ct-followup-<amplitude>mm[-pose] and brain-<amplitude>mm for any amplitude)")
+                     "ct-followup-<amplitude>mm[-pose], each with @<spacing>mm, and brain-<amplitude>mm for any "
+                     "amplitude)")

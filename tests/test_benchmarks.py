@@ -155,6 +155,40 @@ def test_posed_case_moves_the_moving_side_rigidly_and_keeps_the_exact_map():
     assert dice(posed.moving_labels, posed.fixed_labels) < dice(case.moving_labels, case.fixed_labels) - 0.02
 
 
+def test_ct_cases_on_a_resampled_ct_cover_the_same_extent_and_keep_their_names(tmp_path):
+    """``read_ct(spacing_mm=…)``: the same extent on a finer grid (outer faces where they were), the same values
+    at the same world points; ``build_case("…@<s>mm")`` makes the case from it, named as asked."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from benchmarks.cases import build_case, read_ct
+    from idir_fast.data import lung_phantom
+
+    image, _, _ = lung_phantom(seed=1, noise_hu=0.0)  # 80×72×64 voxels of 3 mm
+    (tmp_path / "ct").mkdir()
+    sitk.WriteImage(image, str(tmp_path / "ct" / "chest_ct_1p5mm.nii.gz"))
+    part = tmp_path / "part"
+    (part / "ct").mkdir(parents=True)
+    sitk.WriteImage(image[30:50, 30:48, 24:40], str(part / "ct" / "chest_ct_1p5mm.nii.gz"))
+    coarse_image = sitk.ReadImage(str(part / "ct" / "chest_ct_1p5mm.nii.gz"))
+    fine, made = read_ct(str(part), 1.0)
+    assert fine.GetSpacing() == (1.0, 1.0, 1.0) and fine.GetSize() == (60, 54, 48) and "1 mm" in made
+
+    def faces(img):
+        lo = np.asarray(img.TransformContinuousIndexToPhysicalPoint([-0.5] * 3))
+        return lo, lo + np.asarray(img.GetSize()) * np.asarray(img.GetSpacing())
+
+    for a, b in zip(faces(coarse_image), faces(fine)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # every coarse voxel centre is a fine one (fine index 3·i + 1): the same value there
+    coarse = sitk.GetArrayViewFromImage(coarse_image)
+    dense = sitk.GetArrayViewFromImage(fine)
+    np.testing.assert_allclose(dense[1::3, 1::3, 1::3], coarse, atol=1e-3)
+    case = build_case("ct-followup-12mm-pose@6mm", str(tmp_path))
+    assert case.name == "ct-followup-12mm-pose@6mm" and case.fixed.GetSpacing() == (6.0, 6.0, 6.0)
+    assert build_case("ct-12mm@6mm", str(tmp_path)).name == "ct-12mm@6mm"
+
+
 def test_grid_pass_quick_run_times_each_chunk_against_the_package_choice(tmp_path):
     from benchmarks.grid_pass import main
 
