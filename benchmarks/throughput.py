@@ -11,6 +11,8 @@ Modes (each one command, a fresh process tree, the wall time of the whole job):
 
 * ``cohort`` — ``idir-fast cohort`` with no thread flags (the package's plan: workers × threads);
 * ``cohort-WxT`` — ``idir-fast cohort --workers W --threads T`` for every W·T ≤ the usable cores;
+* ``cohort-jacobian``, ``cohort-hyperelastic``, ``cohort-ncc`` — ``cohort`` with ``--regularizer jacobian``,
+  ``--regularizer hyperelastic`` or ``--similarity ncc`` (:data:`COHORT_SETTINGS`);
 * ``cohort-passive`` — ``cohort`` with ``OMP_WAIT_POLICY=passive`` (OpenMP's threads sleep instead of spinning
   while they wait: the runtime's other wait policy, settable only before the process starts);
 * ``baseline`` — ``idir-fast cohort`` of another source tree (``--baseline``: e.g. a worktree of an earlier
@@ -187,6 +189,12 @@ def _python(*args) -> List[str]:
     return [sys.executable, *args]
 
 
+COHORT_SETTINGS = {"cohort-jacobian": ("--regularizer", "jacobian"),
+                   "cohort-hyperelastic": ("--regularizer", "hyperelastic"),
+                   "cohort-ncc": ("--similarity", "ncc")}
+"""The ``cohort-<setting>`` modes: ``idir-fast cohort`` with no thread flags and these flags added."""
+
+
 def mode_commands(mode: str, manifest: Path, out: Path, quick: bool, baseline: Optional[str]) -> List[dict]:
     """The processes of one mode: ``[{"argv", "env", "cwd"}]`` run side by side. The package's own commands run
     from the work folder (so ``python -m idir_fast`` imports the installed package, or the ``--baseline`` tree on
@@ -203,6 +211,8 @@ def mode_commands(mode: str, manifest: Path, out: Path, quick: bool, baseline: O
     if mode in ("cohort", "cohort-passive"):
         extra = {"OMP_WAIT_POLICY": "passive"} if mode == "cohort-passive" else {}
         return [{"argv": cohort, "env": dict(env, **extra), "cwd": work}]
+    if mode in COHORT_SETTINGS:  # the default plan with one setting changed (what a throughput user may choose)
+        return [{"argv": cohort + list(COHORT_SETTINGS[mode]), "env": env, "cwd": work}]
     if mode.startswith("cohort-"):
         w, t = mode.split("-", 1)[1].split("x")
         return [{"argv": cohort + ["--workers", w, "--threads", t], "env": env, "cwd": work}]

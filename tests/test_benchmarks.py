@@ -36,6 +36,15 @@ def test_peers_quick_run_writes_one_record_and_plot(tmp_path):
     assert next(tmp_path.glob("peers_quick_*.png")).stat().st_size > 0
 
 
+def test_throughput_setting_modes_run_the_default_plan_with_one_flag_added(tmp_path):
+    from benchmarks.throughput import COHORT_SETTINGS, mode_commands
+
+    plain = mode_commands("cohort", tmp_path / "m.csv", tmp_path, False, None)[0]["argv"]
+    for mode, flags in COHORT_SETTINGS.items():
+        (cmd,) = mode_commands(mode, tmp_path / "m.csv", tmp_path, False, None)
+        assert cmd["argv"] == plain + list(flags) and "--workers" not in cmd["argv"], mode
+
+
 def test_throughput_quick_run_measures_each_mode_and_condition(tmp_path):
     from benchmarks.throughput import main
 
