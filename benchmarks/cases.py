@@ -247,7 +247,8 @@ def read_ct(data: Optional[str] = None, spacing_mm: Optional[float] = None) -> T
     extent = np.asarray(image.GetSize()) * np.asarray(image.GetSpacing())
     size = [int(round(e / spacing_mm)) for e in extent]
     # the same corner of the grid: the first voxel's outer face stays where it was
-    origin = image.TransformContinuousIndexToPhysicalPoint([(spacing_mm / sp - 1.0) / 2.0 for sp in image.GetSpacing()])
+    first = [(spacing_mm / sp - 1.0) / 2.0 for sp in image.GetSpacing()]  # the new first centre, old index units
+    origin = image.TransformContinuousIndexToPhysicalPoint(first)
     resampled = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin, (spacing_mm,) * 3,
                               image.GetDirection(), -1000.0, sitk.sitkFloat32)
     return resampled, f"{ct.name} resampled to {spacing_mm:g} mm {tuple(size)}"
