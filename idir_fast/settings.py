@@ -150,7 +150,8 @@ class RunSettings:
         None, "affine stage before the SIREN: auto (SimpleITK, correlation metric, 3-level pyramid; starts from "
         "--initial-transform when given), detect (only when the images' foreground moments say their poses differ: "
         "shifts over 10 mm, scalings, rotations of elongated bodies; a few degrees of a rounded one go unseen) "
-        "or none. Use auto for pairs known to differ in pose (a follow-up scan)", choices=["auto", "detect", "none"], check=lambda v: _affine(v))
+        "or none. Use auto for pairs known to differ in pose (a follow-up scan)", choices=["auto", "detect", "none"],
+        check=lambda v: _affine(v))
     symmetric: bool = _setting(
         False, "train a forward and a backward SIREN together with a cycle-consistency term (ccIDIR); writes both "
         "fields and the consistency map, a per-voxel uncertainty", check=lambda v: _bool(v, "symmetric"))
