@@ -36,7 +36,8 @@ from idir_fast.data import deformed_pair, phantom_pair, warp_image
 
 from .common import data_file
 
-ALL_CASES = ("ct-10mm", "ct-18mm", "ct-30mm", "ct-followup-18mm", "phantom", "blobs", "brain-4mm", "brain-icbm")
+ALL_CASES = ("ct-10mm", "ct-18mm", "ct-30mm", "ct-followup-18mm", "ct-followup-18mm-pose", "phantom", "blobs",
+             "brain-4mm", "brain-icbm")
 CT_FILE = ("ct", "chest_ct_1p5mm.nii.gz")
 BRAIN_FILES = (("brain", "brain_t1_1mm.nii.gz"), ("brain", "brain_t1_1mm_aseg.nii.gz"))
 BRAIN_STRUCTURES = {"cortex": (3, 42), "white matter": (2, 41), "hippocampus": (17, 53), "thalamus": (10, 49),
@@ -475,6 +476,8 @@ def build_case(name: str, data: Optional[str] = None) -> Case:
     with ``@<s>mm`` on a resampled CT)."""
     m = re.fullmatch(r"(ct-.*)@(\d+(?:\.\d+)?)mm", name)
     base, spacing = (m.group(1), float(m.group(2))) if m else (name, None)
+    if spacing is not None and spacing <= 0:
+        raise ValueError(f"case {name!r}: the voxel size after '@' must be above 0 mm")
     m = re.fullmatch(r"ct-(\d+(?:\.\d+)?)mm", base)
     if m:
         return ct_case(float(m.group(1)), data, spacing_mm=spacing)

@@ -196,6 +196,8 @@ def test_ct_cases_on_a_resampled_ct_cover_the_same_extent_and_keep_their_names(t
     case = build_case("ct-followup-12mm-pose@6mm", str(tmp_path))
     assert case.name == "ct-followup-12mm-pose@6mm" and case.fixed.GetSpacing() == (6.0, 6.0, 6.0)
     assert build_case("ct-12mm@6mm", str(tmp_path)).name == "ct-12mm@6mm"
+    with pytest.raises(ValueError, match="above 0 mm"):
+        build_case("ct-12mm@0mm", str(tmp_path))
 
 
 def test_grid_pass_quick_run_times_each_chunk_against_the_package_choice(tmp_path):
