@@ -242,8 +242,8 @@ def _register(fixed, moving, mask, requested: RunSettings, settings: RunSettings
                    backward=backward, governor=governor)
 
 
-#: settings a schedule chooses: a caller who sets one has chosen the run's size or objective themselves (the
-#: global NCC alone is the throughput setting), and the schedule's probe does not change it
+#: settings a schedule chooses: a caller who sets one has chosen the run's size or objective themselves (e.g.
+#: the global NCC alone, for throughput), and the schedule's probe does not change it
 _SCHEDULE_CHOICES = ("hidden", "omega", "epochs", "batch_size", "lr", "lncc_spacing")
 
 
