@@ -78,7 +78,8 @@ class Case:
     mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None
 
     def summary(self) -> dict:
-        """Geometry and landmark count (and the exact map's Dice), for the results file."""
+        """Geometry and landmark count (and the exact map's Dice: a warp of the whole label grid, so this costs
+        seconds on a 1 mm case), for the results file."""
         extra = dict(self.extra)
         if self.mapping is not None and self.moving_labels is not None:
             extra["dice_exact"] = label_dice(warp_labels(self.moving_labels, self.mapping, self.fixed_labels),
@@ -239,8 +240,9 @@ def blobs_case(amplitude_mm: float = 3.0, num_landmarks: int = 100, noise: float
 
 
 def read_ct(data: Optional[str] = None, spacing_mm: Optional[float] = None) -> Tuple[sitk.Image, str]:
-    """The shared chest CT (HU), resampled (linear) to ``spacing_mm`` isotropic voxels over the same extent when
-    given, and a phrase saying which."""
+    """The shared chest CT (HU), resampled (linear, no smoothing: for finer voxels) to ``spacing_mm`` isotropic
+    voxels over the same extent when given (the first face kept; the far one within half a voxel), and a phrase
+    saying which."""
     ct = data_file(data, *CT_FILE)
     image = sitk.ReadImage(str(ct))
     if spacing_mm is None:
@@ -322,21 +324,27 @@ def followup_case(image: sitk.Image, amplitude_mm: float, seed: int, name: str, 
 
 
 FOLLOWUP_POSE = {"rotation_deg": (2.0, -1.5, 3.0), "translation_mm": (4.0, -6.0, -8.0)}
-"""The later scan's pose in ``ct-followup-<A>mm-pose``: Euler angles about x, y, z (LPS) through the moving
-image's centre, then a shift, of the size a patient's position differs by between two scans on one table."""
+"""The later scan's pose in ``ct-followup-<A>mm-pose`` (:func:`posed_case`): Euler angles about x, y, z (LPS;
+3.9° in all) through the moving image's centre, then a shift (10.8 mm at the centre), of the size a patient's
+position differs by between two scans on one table."""
 
 
 def posed_case(case: Case, rotation_deg: Sequence[float], translation_mm: Sequence[float],
                name: Optional[str] = None) -> Case:
     """``case`` with its moving side in another pose P (rigid, world mm): the moving image and labels become
-    ``I(P⁻¹ y)`` on their own grid (air, −1000, where they leave it) and the truth becomes ``P ∘ Φ``. A pair
-    whose poses differ, as a real baseline/follow-up pair's do; the affine stage's reason to exist."""
+    ``I(P⁻¹ y)`` on their own grid and the truth becomes ``P ∘ Φ``. A pair whose poses differ, as a real
+    baseline/follow-up pair's do; the affine stage's reason to exist.
+
+    ``rotation_deg`` are SimpleITK ``Euler3DTransform`` angles about x, y, z through the moving image's centre,
+    composed as ``R = R_z R_x R_y`` (its default order), then ``translation_mm``. Anatomy that P moves out of the
+    grid is lost; the strip it uncovers takes the image's minimum (air in a CT). The moving labels are the
+    unposed ones carried by P (nearest neighbour), not thresholded again on the posed image."""
     pose = sitk.Euler3DTransform()
     pose.SetCenter(tuple(float(c) for c in image_centre(case.moving)))
     pose.SetRotation(*np.deg2rad(np.asarray(rotation_deg, dtype=np.float64)).tolist())
     pose.SetTranslation(tuple(float(t) for t in translation_mm))
     back = pose.GetInverse()  # Resample pulls: out(y) = in(back(y))
-    background = float(min(-1000.0, np.min(sitk.GetArrayViewFromImage(case.moving))))
+    background = float(np.min(sitk.GetArrayViewFromImage(case.moving)))  # air in a CT, 0 in most MR
     moving = sitk.Resample(case.moving, case.moving, back, sitk.sitkLinear, background, sitk.sitkFloat32)
     labels = None if case.moving_labels is None else sitk.Resample(
         case.moving_labels, case.moving_labels, back, sitk.sitkNearestNeighbor, 0)
@@ -478,6 +486,8 @@ def build_case(name: str, data: Optional[str] = None) -> Case:
     base, spacing = (m.group(1), float(m.group(2))) if m else (name, None)
     if spacing is not None and spacing <= 0:
         raise ValueError(f"case {name!r}: the voxel size after '@' must be above 0 mm")
+    if spacing is not None:
+        name = f"{base}@{spacing:g}mm"  # one spelling per grid, as the other cases name themselves
     m = re.fullmatch(r"ct-(\d+(?:\.\d+)?)mm", base)
     if m:
         return ct_case(float(m.group(1)), data, spacing_mm=spacing)
@@ -495,5 +505,5 @@ def build_case(name: str, data: Optional[str] = None) -> Case:
     if name == "blobs":
         return blobs_case()
     raise ValueError(f"unknown case {name!r}; known: {', '.join(ALL_CASES)} (ct-<amplitude>mm, "
-                     "ct-followup-<amplitude>mm[-pose], each with @<spacing>mm, and brain-<amplitude>mm for any "
-                     "amplitude)")
+                     "ct-followup-<amplitude>mm[-pose] and brain-<amplitude>mm for any amplitude; CT cases with an "
+                     "optional @<spacing>mm)")

@@ -134,7 +134,6 @@ def test_posed_case_moves_the_moving_side_rigidly_and_keeps_the_exact_map():
     case = followup_case(image, 15.0, 0, "phantom-followup", "the lung phantom", mask=mask)
     posed = posed_case(case, rotation_deg=(0.0, 0.0, 4.0), translation_mm=(3.0, -2.0, 0.0))
     assert posed.name == "phantom-followup-pose" and posed.fixed is case.fixed
-    np.testing.assert_allclose(posed.mapping(case.fixed_landmarks), posed.moving_landmarks, atol=1e-9)
     # P itself: a 4° turn about z through the moving image's centre, then the shift
     c = np.asarray(case.moving.TransformContinuousIndexToPhysicalPoint(
         [(s - 1) / 2.0 for s in case.moving.GetSize()]))
@@ -142,6 +141,10 @@ def test_posed_case_moves_the_moving_side_rigidly_and_keeps_the_exact_map():
     rot = np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
     expected = (case.moving_landmarks - c) @ rot.T + c + np.array([3.0, -2.0, 0.0])
     np.testing.assert_allclose(posed.moving_landmarks, expected, atol=1e-6)
+    # and everywhere: P ∘ Φ of any point, against P built by hand on Φ's own value
+    probe = case.fixed_landmarks[:5] + 1.5
+    np.testing.assert_allclose(posed.mapping(probe), (case.mapping(probe) - c) @ rot.T + c + [3.0, -2.0, 0.0],
+                               atol=1e-6)
     # the posed image at P(y) is the unposed image at y (linear interpolation: compare at voxel centres inside)
     arr = sitk.GetArrayViewFromImage(case.moving)
     moved = sitk.GetArrayViewFromImage(posed.moving)
@@ -195,7 +198,8 @@ def test_ct_cases_on_a_resampled_ct_cover_the_same_extent_and_keep_their_names(t
     np.testing.assert_allclose(dense[1::3, 1::3, 1::3], coarse, atol=1e-3)
     case = build_case("ct-followup-12mm-pose@6mm", str(tmp_path))
     assert case.name == "ct-followup-12mm-pose@6mm" and case.fixed.GetSpacing() == (6.0, 6.0, 6.0)
-    assert build_case("ct-12mm@6mm", str(tmp_path)).name == "ct-12mm@6mm"
+    assert "turned by" in case.description
+    assert build_case("ct-12mm@6.0mm", str(tmp_path)).name == "ct-12mm@6mm"
     with pytest.raises(ValueError, match="above 0 mm"):
         build_case("ct-12mm@0mm", str(tmp_path))
 
