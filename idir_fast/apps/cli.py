@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("manifest", help="manifest CSV")
     co.add_argument("--out", required=True, help="output folder")
     co.add_argument("--executor", default="local", choices=("local", "ray"),
-                    help="local: one pair after another here; ray: one Ray task per pair with one GPU each "
+                    help="local: worker processes on this machine (--workers); ray: one Ray task per pair, asking "
+                         "for the threads of --threads as CPUs and for one GPU where the cluster has GPUs "
                          "(pip install 'idir-fast[ray]')")
     co.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     co.add_argument("--workers", type=int, default=None,
