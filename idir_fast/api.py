@@ -197,7 +197,8 @@ def register(fixed: ImageLike, moving: ImageLike, mask: Optional[ImageLike] = No
             ``hidden``, ``omega``, ``seed``, ``compat`` (``"idir-2022"``: the released code's quirks), ``init``,
             ``normalisation``, ``dtype``, ``device``, ``backend`` (``"auto"``, ``"reference"``, ``"torch"``,
             ``"triton"``), ``precision``, ``affine`` (``"auto"``: an affine stage first), ``symmetric`` (forward +
-            backward networks with cycle consistency); defaults and reasons in README.
+            backward networks with cycle consistency); defaults in :class:`~idir_fast.settings.RunSettings`, the
+            measurements behind them in docs/measurements.md.
 
     Returns:
         :class:`~idir_fast.registration.Registration`.

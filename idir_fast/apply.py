@@ -103,6 +103,34 @@ class SavedRegistration:
         return sitk.CompositeTransform([matrix_to_transform(self.affine), field])  # applied right to left
 
 
+def _affine_of_the_same_run(field_path: Path, affine_path: Path, matrix: np.ndarray) -> bool:
+    """Whether ``affine_path`` is the linear part that the idir_fast run which wrote the field ``field_path`` also
+    wrote: its ``{prefix}Affine.mat`` beside the field, or the matrix its report records. Such a field already
+    holds that part, so applying it again would map every point twice through it."""
+    import json
+
+    from .io.images import image_run_id
+
+    run_id = image_run_id(field_path)
+    if run_id is None:  # not a field idir_fast wrote (e.g. ANTs' 1Warp, which leaves its affine out)
+        return False
+    name = field_path.name
+    tag = next((t for t in ("0InverseWarp", "0Warp") if t in name), None)
+    if tag is None:
+        return False
+    prefix = name[:name.index(tag)]
+    if affine_path.resolve() == (field_path.parent / f"{prefix}Affine.mat").resolve():
+        return True
+    try:
+        report = json.loads((field_path.parent / f"{prefix}report.json").read_text())
+        recorded = np.asarray(report["settings"]["world_affine"], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if report.get("run_id") != run_id or recorded.shape != (4, 4) or np.allclose(recorded, np.eye(4)):
+        return False
+    return bool(np.allclose(matrix, recorded, atol=1e-6) or np.allclose(matrix, np.linalg.inv(recorded), atol=1e-6))
+
+
 def read_saved(transform: Union[str, os.PathLike], affine: Union[str, os.PathLike, None] = None,
                moving=None, device=None) -> SavedRegistration:
     """A saved registration from ``transform``: a model file, a run prefix or folder holding ``model.pt``, or a
@@ -131,6 +159,10 @@ def read_saved(transform: Union[str, os.PathLike], affine: Union[str, os.PathLik
         raise InputError(f"'transform': {str(p)!r} is not a 3-D displacement field (3 components per voxel); got "
                          f"{field.GetNumberOfComponentsPerPixel()} component(s)")
     matrix = None if affine is None else transform_matrix(affine, "affine")
+    if matrix is not None and _affine_of_the_same_run(p, Path(affine), matrix):
+        raise InputError(f"'affine': {str(affine)!r} is the affine part of the run that wrote {str(p)!r}, and "
+                         "idir_fast's 0Warp already holds the whole map, affine included; apply the field alone "
+                         "(unlike ANTs' 1Warp, which needs its 0GenericAffine.mat)")
     return SavedRegistration(ImageGeometry.from_sitk(field), field=sitk.Cast(field, sitk.sitkVectorFloat64),
                              affine=matrix)
 

@@ -48,7 +48,7 @@ def parse_hidden(text: str) -> Tuple[int, ...]:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Settings of one registration run (see README, "Settings").
+    """Settings of one registration run (README, "Python"; each field's help: ``idir-fast register --help``).
 
     ``None`` means "derived": from ``compat`` (:data:`idir_fast.core.compat.COMPAT`), from the schedule, from the
     environment (:mod:`idir_fast.config`: a variable gives a field's default) or from the machine (``device``);
@@ -69,7 +69,7 @@ class RunSettings:
         "2·spacing + 1 voxels per axis (default: from the schedule)", parse=float, shown="derived",
         check=lambda v: _number(v, "lncc_spacing", "a finite positive number", lambda x: x > 0))
     alpha: Optional[float] = _setting(None, "regulariser weight α (default: per regulariser, schedule and compat, "
-                                            "README)",
+                                            "from idir_fast.schedule; the report records the one used)",
                                       check=lambda v: _number(v, "alpha", "a finite number ≥ 0", lambda x: x >= 0),
                                       parse=float, shown="derived")
     fold_guard: Optional[float] = _setting(
@@ -79,7 +79,7 @@ class RunSettings:
         "--regularizer none)", parse=float, shown="derived",
         check=lambda v: _number(v, "fold_guard", "a finite number ≥ 0", lambda x: x >= 0))
     schedule: str = _setting(
-        "auto", "auto: coarse-to-fine stages and a network sized for the device (README, 'Time to accuracy'); on "
+        "auto", "auto: coarse-to-fine stages and a network sized for the device (docs/measurements.md); on "
         "a CPU a pair still far apart after the blurred stage (inter-subject) is run again on fine; "
         "fast: auto without that switch; "
         "fine: on a CPU a wider network, 3× the steps and the local NCC in the sharp stage (inter-subject pairs); "

@@ -115,12 +115,13 @@ def test_the_command_writes_images_and_points_into_new_folders(saved, tmp_path, 
     (["MODEL", "LABELS", "--out", "OUT.txt"], "'--out'"),
     (["MODEL", "LABELS", "--out", "OUT.xyz"], "'--out'"),  # an unknown image format, before any resampling
     (["MISSING", "LABELS"], "'transform'"),
+    (["MODEL", "LABELS", "--out", "DIR"], "is a folder; give the output file's name"),
 ])
 def test_the_command_names_what_is_wrong_before_any_work(saved, tmp_path, capsys, args, message):
     reg, outputs, labels, out = saved
     subst = {"MODEL": str(outputs["model"]), "LABELS": str(out / "labels.nii.gz"), "OUT.txt": str(tmp_path / "o.txt"),
              "OUT.xyz": str(tmp_path / "o.xyz"),
-             "MISSING": str(tmp_path / "missing_model.pt")}
+             "MISSING": str(tmp_path / "missing_model.pt"), "DIR": str(tmp_path)}
     argv = ["apply", *[subst.get(a, a) for a in args]]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "o.nii.gz")]
@@ -128,3 +129,31 @@ def test_the_command_names_what_is_wrong_before_any_work(saved, tmp_path, capsys
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_the_runs_own_affine_is_refused_with_its_0warp_but_a_foreign_field_takes_one(tmp_path, tiny_pair):
+    # idir_fast's 0Warp holds the whole map, affine included: its Affine.mat applied after it would move every
+    # point twice through the linear part (ANTs' 1Warp, by contrast, needs its 0GenericAffine.mat)
+    shift = np.eye(4)
+    shift[:3, 3] = (1.5, -1.0, 0.5)
+    reg = idir_fast.register(tiny_pair.fixed, tiny_pair.moving, tiny_pair.mask, initial_transform=shift, **KW)
+    outputs = reg.save(str(tmp_path / "run" / "p_"))
+    assert outputs["affine"].name == "p_Affine.mat"
+    pts = tiny_pair.fixed_landmarks
+    with pytest.raises(InputError, match="'affine'.*already holds the whole map"):
+        idir_fast.apply(outputs["field"], points=pts, affine=outputs["affine"])
+    copy = tmp_path / "elsewhere.mat"  # the same matrix under another name: known from the run's report
+    copy.write_bytes(outputs["affine"].read_bytes())
+    with pytest.raises(InputError, match="'affine'"):
+        idir_fast.apply(outputs["field"], points=pts, affine=copy)
+    from idir_fast.apps.cli import main
+
+    assert main(["apply", str(outputs["field"]), str(tmp_path / "none.txt"), "--affine", str(outputs["affine"]),
+                 "--out", str(tmp_path / "q.txt")]) == 2
+    # the same field without idir_fast's run id (as another tool writes one) composes with the affine as asked
+    foreign = tmp_path / "foreign_0Warp.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(outputs["field"])), str(foreign))
+    got = idir_fast.apply(foreign, points=pts, affine=copy)
+    want = idir_fast.apply(foreign, points=pts) + shift[:3, 3]
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    np.testing.assert_allclose(idir_fast.apply(outputs["field"], points=pts), reg.transform_points(pts), atol=0.5)

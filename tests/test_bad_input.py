@@ -109,8 +109,14 @@ def test_non_overlapping_images(images):
 def test_output_prefix_in_missing_or_read_only_folder(images, tmp_path, monkeypatch):
     f, m, mask = images
     reg = idir_fast.register(f, m, mask, **KW)
-    with pytest.raises(InputError, match="'prefix': output folder .* does not exist"):
-        reg.save(str(tmp_path / "missing" / "x_"))
+    # a missing folder is made, as the CLI's --out makes it (README's reg.save("out/case1_") on a fresh checkout)
+    written = reg.save(str(tmp_path / "missing" / "deeper" / "x_"))
+    assert written["field"] == tmp_path / "missing" / "deeper" / "x_0Warp.nii.gz" and written["field"].exists()
+    with pytest.raises(InputError, match="'prefix'.*system folder"):
+        reg.save("/proc/idir_fast_test/x_")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(InputError, match="'prefix'.*not a folder"):
+        reg.save(str(tmp_path / "a_file" / "x_"))
     ro = tmp_path / "ro"
     ro.mkdir()
     os.chmod(ro, 0o555)

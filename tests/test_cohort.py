@@ -86,6 +86,11 @@ def test_failures_are_isolated_and_resume_skips_completed(cohort_dir, tmp_path, 
     summary2 = register_cohort(cohort_dir / "manifest.csv", out, progress=False, **FAST_KW)
     assert (out / "p0" / "model.pt").stat().st_mtime_ns == mtime  # skipped, not redone
     assert summary2["completed"] == 3 and summary2["failed"] == 2
+    assert summary["resumed"] == 0 and summary2["resumed"] == 3  # the kept pairs say so; the failed were retried
+    assert [r["resumed"] for r in summary2["pairs"] if r["status"] == "ok"] == [True] * 3
+    assert main(["cohort", str(cohort_dir / "manifest.csv"), "--out", str(out), *FAST]) == 1
+    assert "3 completed (3 of them by an earlier run, kept)" in capsys.readouterr().out
+    assert (out / "summary.csv").read_text().splitlines()[0].startswith("pair_id,status,resumed,")
 
 
 def test_kill_9_mid_run_then_resume(cohort_dir, tmp_path):

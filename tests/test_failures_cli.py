@@ -114,3 +114,11 @@ def test_dirlab_mask_dir_without_the_mask(tiny_pair, tmp_path, monkeypatch, caps
     masks.mkdir()
     rc, err = _run(["dirlab", "--data", str(tmp_path), "--case", "1", "--mask-dir", str(masks), *FAST], capsys)
     assert rc == 2 and "'--mask-dir'" in err and "case1_mask.nii.gz" in err
+
+
+def test_bench_with_an_unknown_backend_is_a_usage_error_before_any_timing(tmp_path, capsys, monkeypatch):
+    import idir_fast.apps.bench
+
+    monkeypatch.setattr(idir_fast.apps.bench, "run", lambda *a, **k: pytest.fail("the benchmark started"))
+    rc, err = _run(["bench", "--quick", "--backends", "torch,foo", "--results-dir", str(tmp_path)], capsys)
+    assert rc == 2 and "'--backends': unknown backend 'foo'" in err

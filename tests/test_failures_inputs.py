@@ -190,3 +190,6 @@ def test_only_the_leading_names_become_flags():
     assert in_flag_terms("'batch_size'/'hidden': about 3 GiB; 'mask' is fine", parser, "register") == \
         "'--batch-size'/'--hidden': about 3 GiB; 'mask' is fine"
     assert in_flag_terms("'fixed': file not found: 'epochs'", parser, "register") == "'fixed': file not found: 'epochs'"
+    assert in_flag_terms("'fixed_landmarks' and 'moving_landmarks' must have the same number of points, got 'mask'",
+                         parser, "register") == \
+        "'--fixed-landmarks' and '--moving-landmarks' must have the same number of points, got 'mask'"

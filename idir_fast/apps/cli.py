@@ -12,7 +12,7 @@ from typing import List, Optional
 from .. import backends
 from ..core.objectives import REGULARIZERS
 from ..errors import BackendError, DivergenceError, InputError, OutputError
-from ..io.files import IMAGE_FORMATS, check_writable_prefix, ensure_folder
+from ..io.files import IMAGE_FORMATS, check_writable_prefix, ensure_folder, prepare_prefix
 from ..settings import add_cli_options, options_from_cli, parse_hidden
 
 _LOADED = time.perf_counter()
@@ -26,7 +26,7 @@ EXIT_STATUS_HELP = (
     "error (a bad option or value, a missing, unreadable or corrupt input, an unusable output place, not enough "
     "memory, another cohort run holding the folder), reported before any work where it can be; 3 the optimisation "
     "diverged (non-finite loss); 4 an output could not be written (disk full, I/O error): the previous outputs of "
-    "that name are kept. Failure behaviour in full: README, 'Failure behaviour'.")
+    "that name are kept. Failure behaviour in full: docs/failure-behaviour.md.")
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output prefix, e.g. out/case1_ → out/case1_0Warp.nii.gz, …Warped.nii.gz, …JacDet.nii.gz, "
                         "…model.pt, …report.json; a folder (out/ with a trailing /, or an existing folder) means "
                         "inside it: out/0Warp.nii.gz, … Missing folders are created. Earlier outputs of the same "
-                        "prefix are replaced as a whole set (see README, 'Failure behaviour')")
+                        "prefix are replaced as a whole set (see docs/failure-behaviour.md)")
     r.add_argument("--format", default=".nii.gz", choices=IMAGE_FORMATS,
                    help="image format of the outputs (default: %(default)s)")
     r.add_argument("--itk-transform", action="store_true",
@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--reference", help="the output grid (default: the fixed grid; with --inverse the moving grid "
                                         "stored in model.pt)")
     ap.add_argument("--inverse", action="store_true", help="map moving → fixed (the inverse of Φ)")
-    ap.add_argument("--affine", help="with a 0Warp field: an ITK/ANTs linear transform file applied after it")
+    ap.add_argument("--affine", help="with a displacement field that leaves its linear part out (ANTs' 1Warp): "
+                         "that ITK/ANTs linear transform file, applied after the field. idir_fast's own 0Warp "
+                         "already holds its run's Affine.mat, so it needs none")
     ap.add_argument("--default-value", type=float, default=0.0, help="value outside the input image (default 0)")
     ap.add_argument("--points-frame", default="world", choices=("world", "index0", "index1"),
                     help="input points: world LPS mm (default) or 0-/1-based voxel indices (x y z) of the fixed "
@@ -180,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --gpu-acceptance: the test folder to run (default: this source checkout's tests/; "
                          "an installed package has none)")
     dr.add_argument("--out", default=None,
-                    help="write the JSON + Markdown report into this folder (default with --gpu-acceptance: "
-                         "benchmarks/results of this source checkout, else the current folder)")
+                    help="write the JSON + Markdown report into this folder (default: no files, the summary printed; "
+                         "with --gpu-acceptance: benchmarks/results of this source checkout, or the current folder "
+                         "outside one)")
 
     b = sub.add_parser("bench", help="time one optimisation step per regulariser × backend, side by side",
                        description="Benchmark: backward passes per step, ms per step, projected s per 2500-step "
@@ -232,11 +235,7 @@ def process_seconds() -> float:
 
 def prepare_out(prefix: str, name: str = "--out") -> str:
     """The output prefix, its folder created when missing (never a system folder), then every output check."""
-    text = os.fspath(prefix)
-    folder = text if text.endswith(os.sep) else os.path.dirname(text)
-    if folder and not os.path.isdir(folder):
-        ensure_folder(folder, name)
-    return check_writable_prefix(prefix, name)
+    return prepare_prefix(prefix, name)
 
 
 def _switch_note(requested, settings) -> str:
@@ -368,6 +367,9 @@ def cmd_apply(a) -> int:
 
     is_points = Path(a.input).suffix.lower() in POINT_SUFFIXES
     out = Path(a.out)
+    if out.is_dir():
+        raise InputError(f"'--out': {a.out!r} is a folder; give the output file's name, e.g. "
+                         f"{str(out / ('points.txt' if is_points else 'warped.nii.gz'))!r}")
     if is_points != (out.suffix.lower() in POINT_SUFFIXES):
         raise InputError(f"'--out': {a.out!r} must be a {'point file (.txt/.csv)' if is_points else 'image'} like "
                          f"the input {a.input!r}")
@@ -500,8 +502,10 @@ def cmd_cohort(a) -> int:
     print()
     _print_table(rows, ["pair", "status", "TRE before", "TRE after", "folded", "s", "error"])
     plan = summary.get("plan", {})
-    print(f"\n{summary['completed']} completed, {summary['failed']} failed ({plan.get('workers')} worker(s) × "
-          f"{plan.get('threads')} thread(s): {plan.get('reason')}); summary in {Path(a.out) / 'summary.csv'}")
+    resumed = f" ({summary['resumed']} of them by an earlier run, kept)" if summary.get("resumed") else ""
+    print(f"\n{summary['completed']} completed{resumed}, {summary['failed']} failed ({plan.get('workers')} "
+          f"worker(s) × {plan.get('threads')} thread(s): {plan.get('reason')}); summary in "
+          f"{Path(a.out) / 'summary.csv'}")
     if summary.get("doubtful"):
         print(f"doubtful (cycle consistency p95 above the flag): {', '.join(summary['doubtful'])}")
     if summary["failed"]:
@@ -519,7 +523,11 @@ def cmd_bench(a) -> int:
     from .bench import run
 
     dev = resolve_device(a.device)
-    names = a.backends.split(",") if a.backends else ["reference"] + list(backends.preference(dev))
+    names = ([n.strip() for n in a.backends.split(",") if n.strip()] if a.backends
+             else ["reference"] + list(backends.preference(dev)))
+    for n in names:  # a backend this build cannot run here is a row of the table; an unknown name is a usage error
+        if n not in backends.names():
+            raise InputError(f"'--backends': unknown backend {n!r}; known: {', '.join(backends.names())}")
     regs = [None if r.strip() == "none" else r.strip() for r in a.regularizers.split(",") if r.strip()]
     for r in regs:
         if r not in REGULARIZERS:
@@ -580,9 +588,9 @@ def in_flag_terms(message: str, parser: argparse.ArgumentParser, command: str) -
         flag = next((o for o in action.option_strings if o.startswith("--")), None)
         if flag and flag != "--help":
             flags[action.dest] = flag
-    # only the names the message starts with ("'epochs' must …", "'batch_size'/'hidden': …"): quoted paths and
-    # values later in it stay as they are, even when they happen to spell a parameter's name
-    lead = re.match(r"'\w+'(?:/'\w+')*", message)
+    # only the names the message starts with ("'epochs' must …", "'batch_size'/'hidden': …", "'a' and 'b' …"):
+    # quoted paths and values later in it stay as they are, even when they happen to spell a parameter's name
+    lead = re.match(r"'\w+'(?:(?:/| and )'\w+')*", message)
     if lead is None:
         return message
     names = re.sub(r"'(\w+)'", lambda m: f"'{flags.get(m.group(1), m.group(1))}'", lead.group(0))

@@ -14,7 +14,8 @@ optionally spread over GPUs and machines with Ray.
 * **Resume with the same settings.** Every pair's report records the hash of the run settings. A rerun skips
   pairs whose folder is complete and whose settings hash matches; pairs made with other settings make the run
   stop with the differences (exit status 2) unless ``force=True`` (``--force``), which redoes them. Incomplete
-  pair folders (files missing or of the wrong size) are redone.
+  pair folders (files missing or of the wrong size) are redone. The summary marks each pair an earlier run made
+  (``resumed``) and counts them.
 * **Failures isolated.** A pair that fails (an unreadable file, an empty mask, divergence …) is recorded with its
   error in ``summary.csv``/``summary.json`` and the others go on; the summary counts them, and the command exits
   with status 1 when any failed.
@@ -53,9 +54,9 @@ MAX_PAIR_ID = 100
 LOCK_NAME = ".idir_fast-cohort.lock"
 SUMMARY_NAMES = ("summary.csv", "summary.json")
 RESERVED_IDS = {n.lower() for n in SUMMARY_NAMES}
-SUMMARY_FIELDS = ("pair_id", "status", "error", "doubtful", "tre_before_mean", "tre_after_mean", "tre_after_p95",
-                  "folded_voxels", "sdlogj", "consistency_p95_mm", "seconds", "ms_per_epoch", "schedule", "backend",
-                  "device", "settings_hash")
+SUMMARY_FIELDS = ("pair_id", "status", "resumed", "error", "doubtful", "tre_before_mean", "tre_after_mean",
+                  "tre_after_p95", "folded_voxels", "sdlogj", "consistency_p95_mm", "seconds", "ms_per_epoch",
+                  "schedule", "backend", "device", "settings_hash")
 EXIT_OK, EXIT_PAIRS_FAILED = 0, 1
 
 
@@ -295,6 +296,7 @@ def _summary(rows: List[dict], run_hash: str, plan: Optional[WorkerPlan] = None)
     rows = sorted(rows, key=lambda r: r["pair_id"])
     failed = sum(r["status"] == "failed" for r in rows)
     out = {"pairs": rows, "completed": sum(r["status"] == "ok" for r in rows), "failed": failed,
+           "resumed": sum(bool(r.get("resumed")) for r in rows),
            "doubtful": sorted(r["pair_id"] for r in rows if r.get("doubtful")),
            "exit_status": EXIT_PAIRS_FAILED if failed else EXIT_OK, "settings_hash": run_hash}
     if plan is not None:
@@ -524,7 +526,7 @@ def register_cohort(manifest, out_dir, *, executor: str = "local", address: Opti
             if old_hash != run_hash:  # other settings, or not recorded (an older idir_fast)
                 mismatched.append((p, (rep.get("cohort") or {}).get("settings_requested") or {}))
                 continue
-            rows[p.pair_id] = {"pair_id": p.pair_id, "status": "ok", **_row_from_report(folder)}
+            rows[p.pair_id] = {"pair_id": p.pair_id, "status": "ok", "resumed": True, **_row_from_report(folder)}
         if mismatched and not force:
             names = ", ".join(p.pair_id for p, _ in mismatched[:5]) + (" …" if len(mismatched) > 5 else "")
             raise InputError(f"'out_dir': {len(mismatched)} completed pair(s) in {str(out)!r} ({names}) were made "
@@ -548,7 +550,7 @@ def register_cohort(manifest, out_dir, *, executor: str = "local", address: Opti
             bar.set_description(f"cohort ({plan.workers} worker(s) × {plan.threads} thread(s))")
 
         def record(row):
-            rows[row["pair_id"]] = row
+            rows[row["pair_id"]] = {**row, "resumed": False}
             _write_summary(out, list(rows.values()), run_hash, plan)
             if bar is not None:
                 bar.update(1)

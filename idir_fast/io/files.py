@@ -357,6 +357,16 @@ def name_max(folder: Union[str, os.PathLike]) -> int:
         return 255
 
 
+def prepare_prefix(prefix: Union[str, os.PathLike], name: str = "prefix") -> str:
+    """:func:`check_writable_prefix` after creating the prefix's folder when it is missing (never a system folder):
+    ``save("out/case1_")`` on a fresh checkout writes ``out/`` as the CLI's ``--out`` does."""
+    text = os.fspath(prefix)
+    folder = text if text.endswith(os.sep) or (os.altsep and text.endswith(os.altsep)) else os.path.dirname(text)
+    if folder and text.strip() and not os.path.isdir(folder) and not os.path.lexists(folder):
+        ensure_folder(folder, name)
+    return check_writable_prefix(prefix, name)
+
+
 def check_writable_prefix(prefix: Union[str, os.PathLike], name: str = "prefix") -> str:
     """Fail early (before any work) if the outputs of a run cannot be written at ``prefix``; returns the prefix
     as the outputs use it.

@@ -253,7 +253,7 @@ def write_outputs(reg, prefix: Union[str, os.PathLike], *, field_format: str = "
     ``write_inverse`` (always in symmetric mode) ``{prefix}0InverseWarp{ext}`` on the moving grid; in symmetric
     mode ``{prefix}Consistency{ext}`` (the cycle error, mm); with ``figures`` the PNG figures of
     :mod:`idir_fast.io.figures`. A prefix ending in a separator, or naming an existing folder, writes inside
-    that folder (``out/0Warp.nii.gz``).
+    that folder (``out/0Warp.nii.gz``); a missing folder is created (never a system folder).
 
     Every file is written under a temporary name and checked first; only when all are complete are they
     renamed into place, the report last (the module docstring). The report's metrics are ``reg``'s plus what
@@ -271,11 +271,12 @@ def write_outputs(reg, prefix: Union[str, os.PathLike], *, field_format: str = "
     from .. import memory
     from ..errors import InputError
     from ..threads import thread_scope
-    from .files import IMAGE_FORMATS, check_writable_prefix
+    from .files import IMAGE_FORMATS, prepare_prefix
 
     if field_format not in IMAGE_FORMATS:
         raise InputError(f"'field_format' must be one of {IMAGE_FORMATS}, got {field_format!r}")
-    prefix = check_writable_prefix(prefix, "prefix")  # "out/" or an existing folder writes out/0Warp.nii.gz, …
+    prefix = prepare_prefix(prefix, "prefix")  # "out/" or an existing folder writes out/0Warp.nii.gz, …; a missing
+    # folder is created first, as the CLI's --out
     symmetric = reg.backward is not None
     memory.check_outputs(output_memory(reg, itk_transform, write_inverse), reg.device,
                          enabled=reg.settings.memory_check)
