@@ -207,6 +207,31 @@ def apply_to_image(saved: SavedRegistration, image: sitk.Image, *, reference: Op
                          float(default_value), pixel)
 
 
+class PointsOutsideWarning(UserWarning):
+    """Points given to :func:`apply` lie well outside the image grid they belong to."""
+
+
+OUTSIDE_MARGIN = 0.1
+"""How far beyond the grid (a fraction of its size per axis) a point may lie before :func:`apply` warns."""
+
+
+def _warn_points_outside(world: np.ndarray, grid: ImageGeometry, side: str, points_frame: str) -> None:
+    """One warning when points lie beyond the ``side`` image's grid by more than :data:`OUTSIDE_MARGIN` of its
+    size: there the map is the network's extrapolation or the field's border, and points in another frame than
+    ``points_frame`` says (indices read as mm, or the reverse) land there."""
+    idx = apply_affine(grid.world_to_index(), world)
+    size = np.asarray(grid.size, dtype=np.float64)
+    far = np.any((idx < -0.5 - OUTSIDE_MARGIN * size) | (idx > size - 0.5 + OUTSIDE_MARGIN * size), axis=1)
+    if far.any():
+        import warnings
+
+        first = int(np.argmax(far))
+        warnings.warn(f"apply(): {int(far.sum())} of {len(world)} point(s) lie outside the {side} image's grid "
+                      f"(point {first} at voxel index {np.round(idx[first], 1).tolist()} of a {list(grid.size)} "
+                      f"grid); the map there is extrapolated. Are they in the frame 'points_frame' says "
+                      f"({points_frame!r})?", PointsOutsideWarning, stacklevel=3)
+
+
 def apply(transform, image=None, *, points=None, reference=None, interpolation: str = "linear",
           default_value: float = 0.0, inverse: bool = False, affine=None, points_frame: str = "world",
           device=None):
@@ -245,11 +270,14 @@ def apply(transform, image=None, *, points=None, reference=None, interpolation: 
         if points_frame != "world" and side is None:
             raise InputError("'points_frame': voxel indices of the moving image need its grid (the run's model.pt "
                              "stores it)")
-        return saved.points(to_world(pts, points_frame, side), inverse=inverse)
+        world = to_world(pts, points_frame, side)
+        if side is not None:
+            _warn_points_outside(world, side, "moving" if inverse else "fixed", points_frame)
+        return saved.points(world, inverse=inverse)
     img = input_image(image, "image")
     ref = None if reference is None else input_image(reference, "reference")
     return apply_to_image(saved, img, reference=ref, interpolation=interpolation, default_value=default_value,
                           inverse=inverse)
 
 
-__all__ = ["apply", "apply_to_image", "read_saved", "SavedRegistration", "INTERPOLATIONS"]
+__all__ = ["apply", "apply_to_image", "read_saved", "SavedRegistration", "INTERPOLATIONS", "PointsOutsideWarning"]

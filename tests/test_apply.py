@@ -157,3 +157,21 @@ def test_the_runs_own_affine_is_refused_with_its_0warp_but_a_foreign_field_takes
     want = idir_fast.apply(foreign, points=pts) + shift[:3, 3]
     np.testing.assert_allclose(got, want, atol=1e-9)
     np.testing.assert_allclose(idir_fast.apply(outputs["field"], points=pts), reg.transform_points(pts), atol=0.5)
+
+
+def test_points_far_outside_their_grid_warn_once_and_points_inside_do_not(saved, tiny_pair):
+    import warnings
+
+    from idir_fast.apply import PointsOutsideWarning
+
+    reg, outputs, _, _ = saved
+    inside = tiny_pair.fixed_landmarks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PointsOutsideWarning)
+        idir_fast.apply(outputs["model"], points=inside)
+        idir_fast.apply(outputs["model"], points=reg.transform_points(inside), inverse=True)
+    origin = np.asarray(tiny_pair.fixed.GetOrigin())
+    far = origin + np.asarray(tiny_pair.fixed.GetSize()) * np.asarray(tiny_pair.fixed.GetSpacing()) * 3.0
+    with pytest.warns(PointsOutsideWarning, match=r"1 of 2 point\(s\) lie outside the fixed image's grid") as got:
+        moved = idir_fast.apply(outputs["model"], points=np.stack([inside[0], far]))
+    assert len(got) == 1 and np.all(np.isfinite(moved))  # a warning, not an error: the result is still given
