@@ -103,32 +103,53 @@ class SavedRegistration:
         return sitk.CompositeTransform([matrix_to_transform(self.affine), field])  # applied right to left
 
 
-def _affine_of_the_same_run(field_path: Path, affine_path: Path, matrix: np.ndarray) -> bool:
-    """Whether ``affine_path`` is the linear part that the idir_fast run which wrote the field ``field_path`` also
-    wrote: its ``{prefix}Affine.mat`` beside the field, or the matrix its report records. Such a field already
-    holds that part, so applying it again would map every point twice through it."""
+def _run_report(field_path: Path, run_id: str) -> Optional[dict]:
+    """The report of the run ``run_id`` in the field's folder (the folder of the file a link points to as well):
+    ``{prefix}report.json`` whatever the field is called now."""
     import json
 
+    for folder in dict.fromkeys([field_path.parent, field_path.resolve().parent]):
+        for candidate in sorted(folder.glob("*report.json")):
+            try:
+                report = json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(report, dict) and report.get("run_id") == run_id:
+                return report
+    return None
+
+
+def _affine_of_the_same_run(field_path: Path, affine, matrix: np.ndarray) -> bool:
+    """Whether ``affine`` is the linear part that the idir_fast run which wrote the field ``field_path`` also
+    wrote, so that the field (which holds the whole map) would map every point twice through it.
+
+    Known by the run's report beside the field (found by the field's run id): the matrix it records, or a file
+    with the checksum of its ``Affine.mat``. Without a report, by the name: ``{prefix}Affine.mat`` beside
+    ``{prefix}0Warp…``."""
     from .io.images import image_run_id
+    from .io.outputs import sha256_file
 
     run_id = image_run_id(field_path)
     if run_id is None:  # not a field idir_fast wrote (e.g. ANTs' 1Warp, which leaves its affine out)
         return False
+    is_file = isinstance(affine, (str, os.PathLike))
+    report = _run_report(field_path, run_id)
+    if report is not None:
+        try:
+            recorded = np.asarray(report["settings"]["world_affine"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            recorded = None
+        if recorded is not None and recorded.shape == (4, 4) and not np.allclose(recorded, np.eye(4)):
+            if np.allclose(matrix, recorded, atol=1e-6) or np.allclose(matrix, np.linalg.inv(recorded), atol=1e-6):
+                return True
+        files = report.get("files") if isinstance(report.get("files"), dict) else {}
+        sums = {v.get("sha256") for v in files.values() if isinstance(v, dict) and v.get("kind") == "affine"}
+        return bool(is_file and sums and sha256_file(affine) in sums)
     name = field_path.name
-    tag = next((t for t in ("0InverseWarp", "0Warp") if t in name), None)
-    if tag is None:
+    at = max(name.rfind("0InverseWarp"), name.rfind("0Warp"))
+    if not is_file or at < 0:
         return False
-    prefix = name[:name.index(tag)]
-    if affine_path.resolve() == (field_path.parent / f"{prefix}Affine.mat").resolve():
-        return True
-    try:
-        report = json.loads((field_path.parent / f"{prefix}report.json").read_text())
-        recorded = np.asarray(report["settings"]["world_affine"], dtype=np.float64)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    if report.get("run_id") != run_id or recorded.shape != (4, 4) or np.allclose(recorded, np.eye(4)):
-        return False
-    return bool(np.allclose(matrix, recorded, atol=1e-6) or np.allclose(matrix, np.linalg.inv(recorded), atol=1e-6))
+    return Path(affine).resolve() == (field_path.resolve().parent / f"{name[:at]}Affine.mat").resolve()
 
 
 def read_saved(transform: Union[str, os.PathLike], affine: Union[str, os.PathLike, None] = None,
@@ -159,7 +180,7 @@ def read_saved(transform: Union[str, os.PathLike], affine: Union[str, os.PathLik
         raise InputError(f"'transform': {str(p)!r} is not a 3-D displacement field (3 components per voxel); got "
                          f"{field.GetNumberOfComponentsPerPixel()} component(s)")
     matrix = None if affine is None else transform_matrix(affine, "affine")
-    if matrix is not None and _affine_of_the_same_run(p, Path(affine), matrix):
+    if matrix is not None and _affine_of_the_same_run(p, affine, matrix):
         raise InputError(f"'affine': {str(affine)!r} is the affine part of the run that wrote {str(p)!r}, and "
                          "idir_fast's 0Warp already holds the whole map, affine included; apply the field alone "
                          "(unlike ANTs' 1Warp, which needs its 0GenericAffine.mat)")
@@ -215,10 +236,10 @@ OUTSIDE_MARGIN = 0.1
 """How far beyond the grid (a fraction of its size per axis) a point may lie before :func:`apply` warns."""
 
 
-def _warn_points_outside(world: np.ndarray, grid: ImageGeometry, side: str, points_frame: str) -> None:
-    """One warning when points lie beyond the ``side`` image's grid by more than :data:`OUTSIDE_MARGIN` of its
-    size: there the map is the network's extrapolation or the field's border, and points in another frame than
-    ``points_frame`` says (indices read as mm, or the reverse) land there."""
+def _warn_points_outside(world: np.ndarray, grid: ImageGeometry, points_frame: str) -> None:
+    """One warning when points lie beyond the transform's input ``grid`` (the fixed grid, or the moving grid of an
+    inverse) by more than :data:`OUTSIDE_MARGIN` of its size: there the map is the network's extrapolation or the
+    field's border, and points in another frame than ``points_frame`` says (indices read as mm) land there."""
     idx = apply_affine(grid.world_to_index(), world)
     size = np.asarray(grid.size, dtype=np.float64)
     far = np.any((idx < -0.5 - OUTSIDE_MARGIN * size) | (idx > size - 0.5 + OUTSIDE_MARGIN * size), axis=1)
@@ -226,8 +247,8 @@ def _warn_points_outside(world: np.ndarray, grid: ImageGeometry, side: str, poin
         import warnings
 
         first = int(np.argmax(far))
-        warnings.warn(f"apply(): {int(far.sum())} of {len(world)} point(s) lie outside the {side} image's grid "
-                      f"(point {first} at voxel index {np.round(idx[first], 1).tolist()} of a {list(grid.size)} "
+        warnings.warn(f"apply(): {int(far.sum())} of {len(world)} point(s) lie outside the transform's input "
+                      f"grid (point {first} at voxel index {np.round(idx[first], 1).tolist()} of a {list(grid.size)} "
                       f"grid); the map there is extrapolated. Are they in the frame 'points_frame' says "
                       f"({points_frame!r})?", PointsOutsideWarning, stacklevel=3)
 
@@ -272,7 +293,7 @@ def apply(transform, image=None, *, points=None, reference=None, interpolation: 
                              "stores it)")
         world = to_world(pts, points_frame, side)
         if side is not None:
-            _warn_points_outside(world, side, "moving" if inverse else "fixed", points_frame)
+            _warn_points_outside(world, side, points_frame)
         return saved.points(world, inverse=inverse)
     img = input_image(image, "image")
     ref = None if reference is None else input_image(reference, "reference")

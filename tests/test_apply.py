@@ -131,7 +131,7 @@ def test_the_command_names_what_is_wrong_before_any_work(saved, tmp_path, capsys
     assert not (tmp_path / "o.nii.gz").exists()
 
 
-def test_the_runs_own_affine_is_refused_with_its_0warp_but_a_foreign_field_takes_one(tmp_path, tiny_pair):
+def test_the_runs_own_affine_is_refused_with_its_0warp_but_a_foreign_field_takes_one(tmp_path, tiny_pair, capsys):
     # idir_fast's 0Warp holds the whole map, affine included: its Affine.mat applied after it would move every
     # point twice through the linear part (ANTs' 1Warp, by contrast, needs its 0GenericAffine.mat)
     shift = np.eye(4)
@@ -144,18 +144,32 @@ def test_the_runs_own_affine_is_refused_with_its_0warp_but_a_foreign_field_takes
         idir_fast.apply(outputs["field"], points=pts, affine=outputs["affine"])
     copy = tmp_path / "elsewhere.mat"  # the same matrix under another name: known from the run's report
     copy.write_bytes(outputs["affine"].read_bytes())
-    with pytest.raises(InputError, match="'affine'"):
-        idir_fast.apply(outputs["field"], points=pts, affine=copy)
+    renamed = tmp_path / "run" / "renamed_field.nii.gz"  # the field renamed: its run id still finds the report
+    renamed.write_bytes(outputs["field"].read_bytes())
+    link = tmp_path / "linked_0Warp.nii.gz"  # a link elsewhere: the report is found beside the file it names
+    link.symlink_to(outputs["field"])
+    for field in (outputs["field"], renamed, link):
+        for affine in (copy, shift):  # a file, or the matrix itself
+            with pytest.raises(InputError, match="'affine'.*already holds the whole map"):
+                idir_fast.apply(field, points=pts, affine=affine)
     from idir_fast.apps.cli import main
+    from idir_fast.io.images import image_run_id
+    from idir_fast.io.landmarks import write_points
 
-    assert main(["apply", str(outputs["field"]), str(tmp_path / "none.txt"), "--affine", str(outputs["affine"]),
+    write_points(pts, tmp_path / "p.txt")
+    assert main(["apply", str(outputs["field"]), str(tmp_path / "p.txt"), "--affine", str(outputs["affine"]),
                  "--out", str(tmp_path / "q.txt")]) == 2
+    assert "already holds the whole map" in capsys.readouterr().err and not (tmp_path / "q.txt").exists()
     # the same field without idir_fast's run id (as another tool writes one) composes with the affine as asked
     foreign = tmp_path / "foreign_0Warp.nii.gz"
-    sitk.WriteImage(sitk.ReadImage(str(outputs["field"])), str(foreign))
+    plain = sitk.GetImageFromArray(sitk.GetArrayFromImage(sitk.ReadImage(str(outputs["field"]))), isVector=True)
+    plain.CopyInformation(sitk.ReadImage(str(outputs["field"])))  # the geometry, not the metadata
+    sitk.WriteImage(plain, str(foreign))
+    assert image_run_id(outputs["field"]) is not None and image_run_id(foreign) is None
     got = idir_fast.apply(foreign, points=pts, affine=copy)
     want = idir_fast.apply(foreign, points=pts) + shift[:3, 3]
     np.testing.assert_allclose(got, want, atol=1e-9)
+    np.testing.assert_allclose(idir_fast.apply(foreign, points=pts, affine=shift), want, atol=1e-9)  # a matrix
     np.testing.assert_allclose(idir_fast.apply(outputs["field"], points=pts), reg.transform_points(pts), atol=0.5)
 
 
@@ -172,6 +186,6 @@ def test_points_far_outside_their_grid_warn_once_and_points_inside_do_not(saved,
         idir_fast.apply(outputs["model"], points=reg.transform_points(inside), inverse=True)
     origin = np.asarray(tiny_pair.fixed.GetOrigin())
     far = origin + np.asarray(tiny_pair.fixed.GetSize()) * np.asarray(tiny_pair.fixed.GetSpacing()) * 3.0
-    with pytest.warns(PointsOutsideWarning, match=r"1 of 2 point\(s\) lie outside the fixed image's grid") as got:
+    with pytest.warns(PointsOutsideWarning, match=r"1 of 2 point\(s\) lie outside the transform's input grid") as got:
         moved = idir_fast.apply(outputs["model"], points=np.stack([inside[0], far]))
     assert len(got) == 1 and np.all(np.isfinite(moved))  # a warning, not an error: the result is still given

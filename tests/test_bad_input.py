@@ -1,5 +1,6 @@
 """Bad input gets a clear error naming the argument; nothing is left half-written."""
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,15 @@ def test_hidden_widths_are_parsed_whole_or_rejected(text):
     with pytest.raises(ValueError, match="'hidden' must be comma-separated widths"):
         parse_hidden(text)
     assert parse_hidden("64,32") == (64, 32) and parse_hidden("96x96x96") == (96, 96, 96)
+
+
+def test_a_prefix_refused_after_its_folder_was_made_leaves_no_folder_behind(tmp_path, monkeypatch):
+    from idir_fast.io.files import prepare_prefix
+
+    with pytest.raises(InputError, match="too long"):
+        prepare_prefix(str(tmp_path / "new" / "deeper" / ("x" * 250)))
+    assert list(tmp_path.iterdir()) == []  # "new/deeper" was made for the check, then removed again
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    assert prepare_prefix("~/runs/case1_") == str(tmp_path / "home" / "runs" / "case1_")
+    assert (tmp_path / "home" / "runs").is_dir() and not Path("~").exists()

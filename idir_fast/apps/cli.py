@@ -150,9 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("manifest", help="manifest CSV")
     co.add_argument("--out", required=True, help="output folder")
     co.add_argument("--executor", default="local", choices=("local", "ray"),
-                    help="local: worker processes on this machine (--workers); ray: one Ray task per pair, asking "
-                         "for the threads of --threads as CPUs and for one GPU where the cluster has GPUs "
-                         "(pip install 'idir-fast[ray]')")
+                    help="local: on this machine, in worker processes when the plan (--workers) has more than "
+                         "one; ray: one Ray task per pair, asking for the threads of --threads as CPUs and for one "
+                         "GPU where the cluster has GPUs (pip install 'idir-fast[ray]')")
     co.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     co.add_argument("--workers", type=int, default=None,
                     help="registrations side by side (default: one per usable core with one thread each, fewer when "
@@ -525,6 +525,8 @@ def cmd_bench(a) -> int:
     dev = resolve_device(a.device)
     names = ([n.strip() for n in a.backends.split(",") if n.strip()] if a.backends
              else ["reference"] + list(backends.preference(dev)))
+    if not names:
+        raise InputError("'--backends' names no backend")
     for n in names:  # a backend this build cannot run here is a row of the table; an unknown name is a usage error
         if n not in backends.names():
             raise InputError(f"'--backends': unknown backend {n!r}; known: {', '.join(backends.names())}")

@@ -360,11 +360,26 @@ def name_max(folder: Union[str, os.PathLike]) -> int:
 def prepare_prefix(prefix: Union[str, os.PathLike], name: str = "prefix") -> str:
     """:func:`check_writable_prefix` after creating the prefix's folder when it is missing (never a system folder):
     ``save("out/case1_")`` on a fresh checkout writes ``out/`` as the CLI's ``--out`` does."""
-    text = os.fspath(prefix)
+    text = os.path.expanduser(os.fspath(prefix))  # "~/runs/x_" as a shell would read it, not a folder named "~"
     folder = text if text.endswith(os.sep) or (os.altsep and text.endswith(os.altsep)) else os.path.dirname(text)
+    made = None  # the outermost folder made here: removed again when a check of the prefix then fails
     if folder and text.strip() and not os.path.isdir(folder) and not os.path.lexists(folder):
+        made = Path(folder).absolute()
+        while not made.parent.exists():
+            made = made.parent
         ensure_folder(folder, name)
-    return check_writable_prefix(prefix, name)
+    try:
+        return check_writable_prefix(text, name)
+    except InputError:
+        if made is not None:  # only the empty folders made here, innermost first
+            for path in [Path(folder).absolute(), *Path(folder).absolute().parents]:
+                try:
+                    path.rmdir()
+                except OSError:
+                    break
+                if path == made:
+                    break
+        raise
 
 
 def check_writable_prefix(prefix: Union[str, os.PathLike], name: str = "prefix") -> str:

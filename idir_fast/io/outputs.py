@@ -275,11 +275,11 @@ def write_outputs(reg, prefix: Union[str, os.PathLike], *, field_format: str = "
 
     if field_format not in IMAGE_FORMATS:
         raise InputError(f"'field_format' must be one of {IMAGE_FORMATS}, got {field_format!r}")
-    prefix = prepare_prefix(prefix, "prefix")  # "out/" or an existing folder writes out/0Warp.nii.gz, …; a missing
-    # folder is created first, as the CLI's --out
     symmetric = reg.backward is not None
     memory.check_outputs(output_memory(reg, itk_transform, write_inverse), reg.device,
                          enabled=reg.settings.memory_check)
+    prefix = prepare_prefix(prefix, "prefix")  # "out/" or an existing folder writes out/0Warp.nii.gz, …; a missing
+    # folder is created first, as the CLI's --out
     with thread_scope(output_threads(reg)):
         return _write(reg, prefix, symmetric, field_format, write_warped, write_jacobian, itk_transform, figures,
                       write_inverse, report_extra)
