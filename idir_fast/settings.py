@@ -22,7 +22,7 @@ from .core.compat import COMPAT, COMPAT_MODES, CompatProfile, check_compat
 from .core.geometry import NORMALISATIONS
 from .core.siren import INITS
 from .errors import InputError
-from .schedule import SCHEDULES
+from .schedule import SAMPLINGS, SCHEDULES
 from .threads import check_threads
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -64,6 +64,11 @@ class RunSettings:
         "NCC of each point's 3×3×3 neighbourhood, averaged: robust to intensity that varies across the image, "
         "finer alignment), ncc+lncc (their mean), or auto (the schedule's per stage)",
         choices=["auto"] + list(objectives.SIMILARITIES))
+    sampling: str = _setting(
+        "auto", "how each step draws its points from the fixed mask: uniform, gradient (in proportion to the fixed "
+        "image's gradient magnitude, a tenth of them uniformly: more points on vessels, edges and folds), or auto "
+        "(the schedule's per stage: gradient in the sharp stage of auto and fast on a CPU)",
+        choices=["auto"] + list(SAMPLINGS))
     lncc_spacing: Optional[float] = _setting(
         None, "voxels (of the fixed image) between the samples of a local-NCC neighbourhood, a window of "
         "2·spacing + 1 voxels per axis (default: from the schedule)", parse=float, shown="derived",
@@ -215,7 +220,7 @@ class RunSettings:
         """The stages of the run (resolved settings): :func:`idir_fast.schedule.build_stages`."""
         from .schedule import build_stages
 
-        return build_stages(self.profile, self.epochs, self.batch_size, self.lr, self.similarity)
+        return build_stages(self.profile, self.epochs, self.batch_size, self.lr, self.similarity, self.sampling)
 
     def resolved(self) -> "RunSettings":
         """A copy with every derived value filled in and the device checked against this machine."""

@@ -11,6 +11,7 @@ import torch
 
 from ..core.geometry import ImageGeometry, apply_affine, boxes_overlap, compose
 from ..errors import InputError
+from .points import gradient_weights
 
 
 @dataclass
@@ -62,6 +63,16 @@ class PreparedPair:
         return dataclasses.replace(self, moving=torch.as_tensor(sitk.GetArrayFromImage(moving_s), dtype=dt, device=dev),
                                    fixed_values=torch.as_tensor(values, dtype=dt, device=dev),
                                    fixed=torch.as_tensor(fixed_arr, dtype=dt, device=dev))
+
+    def sampling_weights(self, sampling: str) -> Optional[torch.Tensor]:
+        """``(M,)`` weights of this pair's mask points for a stage's ``sampling`` (``None``: uniform), from the
+        fixed image this pair holds (a smoothed stage's own)."""
+        if sampling == "uniform":
+            return None
+        if sampling != "gradient":
+            raise ValueError(f"unknown sampling {sampling!r}")
+        inside = torch.as_tensor(self.sources[2], device=self.fixed.device)
+        return gradient_weights(self.fixed, inside, self.fixed_geometry.spacing)
 
     def normalised_to_fixed_index(self) -> np.ndarray:
         """4×4 float64: the network frame → fixed voxel indices."""

@@ -107,14 +107,15 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
         step.set_pairs(stage_pairs, stage.similarity)
         batch = min(stage.points, min(p.num_points for p in pairs))
         sampler = PointSampler([p.points for p in stage_pairs], [p.fixed_values for p in stage_pairs], batch,
-                               settings.seed + k)
+                               settings.seed + k, weights=[p.sampling_weights(stage.sampling) for p in stage_pairs])
         rule = ConvergenceRule(settings.tol, min_epochs=max(100, stage.epochs // 2)) if settings.tol else None
         result = run(step, sampler, stage.epochs, device=device, loop=settings.loop,
                      progress=_stage_label(label, k, stages) if label else None,
                      sync_debug=sync_debug, lr_at=stage.lr_at, stop_rule=rule, governor=governor)
         results.append(result)
         record.append({"epochs": stage.epochs, "epochs_run": result.epochs_run, "points": batch,
-                       "smoothing_voxels": stage.smoothing, "similarity": stage.similarity, "lr": stage.lr,
+                       "smoothing_voxels": stage.smoothing, "similarity": stage.similarity,
+                       "sampling": stage.sampling, "lr": stage.lr,
                        "seconds": result.seconds,
                        "stopped_early": result.epochs_run < stage.epochs})
         if probe is not None and k == probe.stage and stage.similarity == "ncc":
