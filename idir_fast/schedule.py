@@ -95,14 +95,14 @@ class Probe:
 @dataclass(frozen=True)
 class Profile:
     """A schedule for one kind of device: network, ω, and the stages as (share of epochs, share of points,
-    smoothing in voxels, similarity[, sampling]); a stage without a sampling draws its points uniformly."""
+    smoothing in voxels, similarity)."""
 
     hidden: Tuple[int, ...]
     omega: float
     epochs: int
     points: int
     lr: float
-    stages: Tuple[tuple, ...]
+    stages: Tuple[Tuple[float, float, float, str], ...]
     tol: Optional[float]
     init: str = "identity"
     warmup: int = 20
@@ -127,10 +127,9 @@ _FIRST_ORDER = {"jacobian": {"omega": 24.0}, "hyperelastic": {"omega": 24.0, "al
 AUTO: Dict[str, Profile] = {
     # measured with benchmarks/peers on the 2-core CPU (docs/measurements.md): a small network, few points, a
     # blurred stage on the global NCC (the large motion), then the sharp images on the global + local NCC (the
-    # fine alignment; the local term alone loses on smooth textures) with points drawn where the fixed image has
-    # structure (lung cases 8-21 % lower TRE; smooth synthetic blobs 44 % higher: "gradient sampling" there)
+    # fine alignment; the local term alone loses on smooth textures)
     "cpu": Profile(hidden=(48, 48, 48), omega=32.0, epochs=400, points=1500, lr=5e-4,
-                   stages=((0.4, 0.5, 2.0, "ncc"), (0.6, 1.0, 0.0, "ncc+lncc", "gradient")), tol=1e-4,
+                   stages=((0.4, 0.5, 2.0, "ncc"), (0.6, 1.0, 0.0, "ncc+lncc")), tol=1e-4,
                    regularizers=_FIRST_ORDER, probe=Probe(stage=0, min_ncc=0.92, schedule="fine")),
     # on a GPU the paper's schedule until a GPU session measures a staged one (idir-fast doctor --gpu-acceptance)
     "cuda": PAPER,
@@ -184,9 +183,9 @@ def schedule_fingerprint(schedule: str) -> dict:
 
 def build_stages(profile: Profile, epochs: Optional[int] = None, points: Optional[int] = None,
                  lr: Optional[float] = None, similarity: Optional[str] = None,
-                 sampling: Optional[str] = None) -> List[Stage]:
+                 sampling: str = "uniform") -> List[Stage]:
     """The stages of ``profile``, with explicit ``epochs`` (total), ``points`` (last stage), ``lr`` (peak) or
-    ``similarity`` or ``sampling`` (every stage; ``None``/``"auto"``: the profile's)."""
+    ``similarity`` (every stage; ``None``/``"auto"``: the profile's); every stage draws its points by ``sampling``."""
     total = int(epochs or profile.epochs)
     last_points = int(points or profile.points)
     peak = float(lr or profile.lr)
@@ -194,13 +193,11 @@ def build_stages(profile: Profile, epochs: Optional[int] = None, points: Optiona
     counts = np.maximum(1, np.floor(total * shares / shares.sum()).astype(int))
     counts[-1] = max(1, total - int(counts[:-1].sum())) if len(counts) > 1 else total
     out = []
-    for spec, n in zip(profile.stages, counts):
-        share, point_share, smoothing, own_similarity = spec[:4]
-        own_sampling = spec[4] if len(spec) > 4 else "uniform"
+    for (share, point_share, smoothing, own_similarity), n in zip(profile.stages, counts):
         out.append(Stage(epochs=int(n), points=max(1, int(round(last_points * point_share))), smoothing=smoothing,
                          lr=peak, warmup=min(profile.warmup, int(n) // 4), constant_lr=profile.constant_lr,
                          similarity=own_similarity if similarity in (None, "auto") else similarity,
-                         sampling=own_sampling if sampling in (None, "auto") else sampling))
+                         sampling=sampling))
     return out
 
 

@@ -71,6 +71,8 @@ class PreparedPair:
             return None
         if sampling != "gradient":
             raise ValueError(f"unknown sampling {sampling!r}")
+        if self.sources is None:
+            raise ValueError("gradient sampling needs the pair's mask voxels: a pair made by prepare_pair")
         inside = torch.as_tensor(self.sources[2], device=self.fixed.device)
         return gradient_weights(self.fixed, inside, self.fixed_geometry.spacing)
 
