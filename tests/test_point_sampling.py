@@ -151,3 +151,15 @@ def test_a_prepared_pair_weighs_its_mask_voxels_by_its_own_stage_image(tiny_pair
     assert blurred.shape == w.shape and not torch.allclose(blurred, w)
     with pytest.raises(ValueError, match="unknown sampling"):
         pair.sampling_weights("edges")
+
+
+def test_batched_and_symmetric_runs_sample_by_the_gradient_too(tiny_pair):
+    import idir_fast
+
+    kw = dict(epochs=20, hidden=(16, 16), batch_size=200, progress=False, sampling="gradient")
+    pair = (tiny_pair.fixed, tiny_pair.moving, tiny_pair.mask)
+    regs = idir_fast.register_many([pair, pair], **kw)
+    assert [r.run["stages"][-1]["sampling"] for r in regs] == ["gradient", "gradient"]
+    np.testing.assert_array_equal(regs[0].history["loss"], regs[1].history["loss"])  # each pair its own draws
+    sym = idir_fast.register(*pair, symmetric=True, **kw)
+    assert sym.run["stages"][-1]["sampling"] == "gradient" and np.isfinite(sym.history["loss"]).all()
