@@ -29,6 +29,16 @@ def test_gradient_weights_follow_numpys_gradient_in_mm_faces_included(spacing_xy
     assert w.dtype == torch.float64 and abs(float(w.mean()) - 1.0) < 1e-12
 
 
+def test_gradient_weights_in_chunks_equal_one_chunk(monkeypatch):
+    import idir_fast.optim.points as points
+
+    vol = _volume()
+    inside = torch.randperm(vol.numel(), generator=torch.Generator().manual_seed(1))[:300]
+    whole = gradient_weights(vol, inside, (0.7, 1.3, 2.5))
+    monkeypatch.setattr(points, "_CHUNK", 7)
+    assert torch.equal(gradient_weights(vol, inside, (0.7, 1.3, 2.5)), whole)
+
+
 def test_gradient_weights_of_a_mask_subset_and_of_flat_and_ramp_images():
     vol = _volume()
     inside = torch.tensor([0, 5, 17, 200, 693 - 1])

@@ -20,6 +20,7 @@ import torch
 
 #: under gradient sampling, the share of the weight spread evenly over the mask: flat regions keep a few points
 UNIFORM_SHARE = 0.1
+_CHUNK = 1 << 20
 
 
 def gradient_weights(fixed: torch.Tensor, inside: torch.Tensor, spacing_xyz: Sequence[float],
@@ -37,17 +38,20 @@ def gradient_weights(fixed: torch.Tensor, inside: torch.Tensor, spacing_xyz: Seq
         volume's faces) at the mask voxels only.
     """
     nz, ny, nx = fixed.shape
-    flat = fixed.reshape(-1).double()
+    flat = fixed.reshape(-1)
     inside = inside.to(device=fixed.device, dtype=torch.long)
-    coords = (inside % nx, (inside // nx) % ny, inside // (nx * ny))
-    grad2 = torch.zeros(inside.shape[0], dtype=torch.float64, device=fixed.device)
-    for c, n, stride, h in zip(coords, (nx, ny, nz), (1, nx, nx * ny), spacing_xyz):
-        if n < 2:
-            continue
-        lo, hi = torch.clamp(c - 1, min=0), torch.clamp(c + 1, max=n - 1)
-        diff = flat[inside + (hi - c) * stride] - flat[inside + (lo - c) * stride]
-        grad2 += (diff / ((hi - lo).double() * float(h))) ** 2
-    g = grad2.sqrt()
+    g = torch.empty(inside.shape[0], dtype=torch.float64, device=fixed.device)
+    for start in range(0, inside.shape[0], _CHUNK):  # temporaries of a chunk only: a whole-body mask is 10^8 voxels
+        idx = inside[start:start + _CHUNK]
+        grad2 = torch.zeros(idx.shape[0], dtype=torch.float64, device=fixed.device)
+        for c, n, stride, h in zip((idx % nx, (idx // nx) % ny, idx // (nx * ny)), (nx, ny, nz), (1, nx, nx * ny),
+                                   spacing_xyz):
+            if n < 2:
+                continue
+            lo, hi = torch.clamp(c - 1, min=0), torch.clamp(c + 1, max=n - 1)
+            diff = flat[idx + (hi - c) * stride].double() - flat[idx + (lo - c) * stride].double()
+            grad2 += (diff / ((hi - lo).double() * float(h))) ** 2
+        g[start:start + _CHUNK] = grad2.sqrt()
     mean = float(g.mean()) if g.numel() else 0.0
     if not mean > 0.0:
         return torch.ones_like(g)
