@@ -190,8 +190,19 @@ def test_help_says_what_a_folder_out_means(capsys):
     with pytest.raises(SystemExit):
         main(["register", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "means inside it" in text and "exit status: 0 done; 1 some cohort pairs failed" in text
-    assert "4 an output could not be written" in text
+    assert "means inside it" in text and "exit status: 0 done; 2 usage or input error" in text
+    assert "3 the optimisation diverged" in text and "4 an output could not be written" in text
+    assert "; 1 " not in text.split("exit status:")[1]
+
+
+@pytest.mark.parametrize("command,one", [("cohort", "1 some pairs failed or diverged"),
+                                         ("doctor", "1 a check failed"), ("apply", None), ("bench", None)])
+def test_each_command_lists_its_own_exit_statuses(capsys, command, one):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    statuses = " ".join(capsys.readouterr().out.split()).split("exit status:")[1]
+    assert ("; 1 " in statuses) == (one is not None) and (one is None or one in statuses)
+    assert ("3 the optimisation diverged" in statuses) is False
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664)])

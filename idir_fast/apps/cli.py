@@ -21,12 +21,32 @@ EXIT_PAIRS_FAILED = 1
 EXIT_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_OUTPUT = 4
-EXIT_STATUS_HELP = (
-    "exit status: 0 done; 1 some cohort pairs failed (the count is printed and in summary.json); 2 usage or input "
-    "error (a bad option or value, a missing, unreadable or corrupt input, an unusable output place, not enough "
-    "memory, another cohort run holding the folder), reported before any work where it can be; 3 the optimisation "
-    "diverged (non-finite loss); 4 an output could not be written (disk full, I/O error): the previous outputs of "
-    "that name are kept. Failure behaviour in full: docs/failure-behaviour.md.")
+_STATUS_TEXT = {
+    EXIT_OK: "0 done",
+    EXIT_INPUT: "2 usage or input error (a bad option or value, a missing, unreadable or corrupt input, an unusable "
+                "output place, not enough memory, another cohort run holding the folder), reported before any work "
+                "where it can be",
+    EXIT_DIVERGED: "3 the optimisation diverged (non-finite loss)",
+    EXIT_OUTPUT: "4 an output could not be written (disk full, I/O error): the previous outputs of that name are kept",
+}
+_STATUS_ONE = {"cohort": "1 some pairs failed or diverged (the count is printed and in summary.json)",
+               "doctor": "1 a check failed (the report names it)"}
+# the statuses each command can end with (1 means something else to cohort and doctor; the others never return it)
+_COMMAND_STATUSES = {"register": (0, 2, 3, 4), "apply": (0, 2, 4), "demo": (0, 2, 3, 4), "report": (0, 2, 4),
+                     "dirlab": (0, 2, 3, 4), "cohort": (0, 1, 2, 4), "doctor": (0, 1, 2, 4), "bench": (0, 2)}
+
+
+def exit_status_help(command: Optional[str] = None) -> str:
+    """The exit statuses ``command`` can end with (every command's with ``None``), for its --help."""
+    codes = _COMMAND_STATUSES[command] if command else (0, 1, 2, 3, 4)
+    parts = []
+    for code in codes:
+        if code == EXIT_PAIRS_FAILED:
+            parts.append(_STATUS_ONE[command] if command else
+                         "1 cohort: some pairs failed; doctor: a check failed")
+        else:
+            parts.append(_STATUS_TEXT[code])
+    return "exit status: " + "; ".join(parts) + ". Failure behaviour in full: docs/failure-behaviour.md."
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -40,16 +60,16 @@ def _engine_kwargs(a) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="idir-fast", epilog=EXIT_STATUS_HELP,
+        prog="idir-fast", epilog=exit_status_help(),
         description="Implicit-neural-representation deformable image registration (IDIR), fast. Φ maps fixed-image "
                     "world points (LPS mm) to moving-image points; outputs load in SimpleITK, ANTs and Slicer.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_parser = sub.add_parser
 
-    def add_parser(*args, **kwargs):  # every command's --help ends with the exit statuses
-        kwargs.setdefault("epilog", EXIT_STATUS_HELP)
-        return _add_parser(*args, **kwargs)
+    def add_parser(name, *args, **kwargs):  # every command's --help ends with its exit statuses
+        kwargs.setdefault("epilog", exit_status_help(name))
+        return _add_parser(name, *args, **kwargs)
 
     sub.add_parser = add_parser
 
