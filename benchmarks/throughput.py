@@ -331,11 +331,12 @@ def summarise(rows: List[dict]) -> List[dict]:
 
 
 def format_table(rows: List[dict]) -> str:
-    head = f"{'condition':9s} {'mode':22s} {'wall s':>8s} {'pairs/h':>8s} {'TRE mm':>7s} {'failed':>6s} {'peak MiB':>9s}"
+    w = max([22] + [len(r["mode"]) for r in rows])
+    head = f"{'condition':9s} {'mode':{w}s} {'wall s':>8s} {'pairs/h':>8s} {'TRE mm':>7s} {'failed':>6s} {'peak MiB':>9s}"
     lines = [head, "-" * len(head)]
     for r in rows:
         tre = "—" if r["tre_mean_mm"] is None else f"{r['tre_mean_mm']:.3f}"
-        lines.append(f"{r['condition']:9s} {r['mode']:22s} {r['wall_s']:8.1f} {r['pairs_per_hour']:8.0f} {tre:>7s} "
+        lines.append(f"{r['condition']:9s} {r['mode']:{w}s} {r['wall_s']:8.1f} {r['pairs_per_hour']:8.0f} {tre:>7s} "
                      f"{r['failed']:6d} {r['peak_rss_mib']:9.0f}")
     return "\n".join(lines)
 
