@@ -301,7 +301,8 @@ def memory_estimate(inputs: PairInputs, settings: RunSettings) -> Dict[str, int]
     return memory.run_bytes(mask_points=points, fixed_voxels=nf, moving_voxels=int(np.prod(mg.size)),
                             batch=settings.batch_size, hidden=settings.hidden, order=settings.order,
                             dtype_bytes=torch.tensor([], dtype=settings.dtype).element_size(),
-                            device=settings.torch_device, symmetric=settings.symmetric)
+                            device=settings.torch_device, symmetric=settings.symmetric,
+                            sampling=settings.sampling)
 
 
 def _fits(inputs: PairInputs, settings: RunSettings) -> bool:

@@ -111,10 +111,16 @@ def read_bytes(voxels: int, components: int = 1) -> int:
     return int(voxels) * (8 * max(1, int(components)) + 4)
 
 
-def pair_bytes(mask_points: int, moving_voxels: int, dtype_bytes: int) -> int:
-    """A prepared pair: the mask's points and values (~100 bytes per point at their peak) and the moving volume
-    (and its smoothed copy)."""
-    return int(mask_points) * 100 + int(moving_voxels) * 2 * int(dtype_bytes)
+GRADIENT_SAMPLING_BYTES = 40
+"""Bytes per mask point that gradient sampling adds: the weights and their cumulative sum while the sampler is made,
+then the cumulative sum, the uniform draws and the drawn indices (float64/int64 each)."""
+
+
+def pair_bytes(mask_points: int, moving_voxels: int, dtype_bytes: int, sampling: str = "uniform") -> int:
+    """A prepared pair: the mask's points and values (~100 bytes per point at their peak, more with gradient
+    sampling) and the moving volume (and its smoothed copy)."""
+    per_point = 100 + (GRADIENT_SAMPLING_BYTES if sampling == "gradient" else 0)
+    return int(mask_points) * per_point + int(moving_voxels) * 2 * int(dtype_bytes)
 
 
 def network_parameters(hidden: Sequence[int]) -> int:
@@ -144,11 +150,12 @@ def output_bytes(fixed_voxels: int, moving_voxels: Optional[int], hidden: Sequen
 
 
 def run_bytes(*, mask_points: int, fixed_voxels: int, moving_voxels: int, batch: int, hidden: Sequence[int],
-              order: int, dtype_bytes: int, device, symmetric: bool = False) -> Dict[str, int]:
+              order: int, dtype_bytes: int, device, symmetric: bool = False,
+              sampling: str = "uniform") -> Dict[str, int]:
     """Peak bytes of one registration by part: ``points``, ``training``, ``outputs_host``, ``outputs_device``."""
     networks = 2 if symmetric else 1
     out = output_bytes(fixed_voxels, moving_voxels, hidden, dtype_bytes, device, inverse=symmetric)
-    return {"points": pair_bytes(mask_points, moving_voxels, dtype_bytes),
+    return {"points": pair_bytes(mask_points, moving_voxels, dtype_bytes, sampling),
             "training": training_bytes(min(int(batch), int(mask_points)), hidden, order, dtype_bytes, networks),
             "outputs_host": out["host"], "outputs_device": out["device"]}
 

@@ -67,7 +67,8 @@ class RunSettings:
     sampling: str = _setting(
         "uniform", "how each step draws its points from the fixed mask: uniform, or gradient (in proportion to the "
         "fixed image's gradient magnitude, a tenth of the weight spread evenly: more points on vessels, fissures and "
-        "tissue borders; lung CT: lower p95 TRE, smooth textures: higher TRE; docs/measurements.md)",
+        "tissue borders; on the lung cases of docs/measurements.md a lower TRE on average, on smooth textures and the "
+        "brain a higher one)",
         choices=list(SAMPLINGS))
     lncc_spacing: Optional[float] = _setting(
         None, "voxels (of the fixed image) between the samples of a local-NCC neighbourhood, a window of "

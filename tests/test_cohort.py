@@ -308,3 +308,13 @@ def test_the_command_takes_workers_and_threads(cohort_dir, tmp_path, capsys):
     assert summary["plan"]["workers"] == 2 and summary["completed"] == 3
     report = json.loads((tmp_path / "o" / "p0" / "report.json").read_text())
     assert report["settings"]["threads"] == 1 and report["settings"]["threads_used"]["max"] == 1
+
+
+def test_a_setting_added_later_keeps_the_folders_made_before_it_resumable():
+    from idir_fast import RunSettings
+    from idir_fast.apps.cohort import ADDED_SETTINGS, settings_fingerprint, settings_hash
+
+    assert ADDED_SETTINGS == {"sampling": "uniform"}
+    assert "sampling" not in settings_fingerprint(RunSettings())  # as before the setting existed
+    assert settings_fingerprint(RunSettings(sampling="gradient"))["sampling"] == "gradient"
+    assert settings_hash(RunSettings(sampling="gradient")) != settings_hash(RunSettings())

@@ -118,6 +118,22 @@ def test_gradient_sampled_steps_are_capture_safe():
     assert not check_step(step, sampler)
 
 
+def test_a_weighted_pass_reads_nothing_on_the_host_and_reuses_its_buffers():
+    from idir_fast.optim.safety import HostSyncDetector
+
+    pts, vals = _points(40)
+    w = torch.linspace(0.1, 3.0, 40, dtype=torch.float64)
+    sampler = PointSampler([pts], [vals], 10, seed=0, weights=[w])
+    buffers = (sampler.perms[0].data_ptr(), sampler.draws[0].data_ptr())
+    detector = HostSyncDetector()
+    with detector:
+        for _ in range(9):  # three passes of 4 steps begin in here
+            sampler.before_step()
+            sampler.draw()
+    assert detector.violations == []
+    assert (sampler.perms[0].data_ptr(), sampler.draws[0].data_ptr()) == buffers
+
+
 def test_sampling_is_uniform_unless_asked_for_and_then_in_every_stage():
     for schedule in ("auto", "fast", "fine", "paper"):
         s = RunSettings(device="cpu", schedule=schedule).resolved()
@@ -163,13 +179,30 @@ def test_a_prepared_pair_weighs_its_mask_voxels_by_its_own_stage_image(tiny_pair
         pair.sampling_weights("edges")
 
 
-def test_batched_and_symmetric_runs_sample_by_the_gradient_too(tiny_pair):
+def test_batched_and_symmetric_runs_sample_by_the_gradient_too(tiny_pair, monkeypatch):
     import idir_fast
+    import idir_fast.optim.run as run_module
 
-    kw = dict(epochs=20, hidden=(16, 16), batch_size=200, progress=False, sampling="gradient")
+    made = []
+
+    class Spy(PointSampler):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("weights"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "PointSampler", Spy)
+    kw = dict(epochs=20, hidden=(16, 16), batch_size=200, progress=False)
     pair = (tiny_pair.fixed, tiny_pair.moving, tiny_pair.mask)
-    regs = idir_fast.register_many([pair, pair], **kw)
+    regs = idir_fast.register_many([pair, pair], sampling="gradient", **kw)
     assert [r.run["stages"][-1]["sampling"] for r in regs] == ["gradient", "gradient"]
+    assert len(made) == 2 and all(len(w) == 2 and all(x is not None for x in w) for w in made)
+    assert torch.equal(made[-1][0], made[-1][1])  # the same pair twice: the same weights
     np.testing.assert_array_equal(regs[0].history["loss"], regs[1].history["loss"])  # each pair its own draws
-    sym = idir_fast.register(*pair, symmetric=True, **kw)
+    made.clear()
+    sym = idir_fast.register(*pair, symmetric=True, sampling="gradient", **kw)
     assert sym.run["stages"][-1]["sampling"] == "gradient" and np.isfinite(sym.history["loss"]).all()
+    forward, backward = made[-1]  # the backward pair weighs by the moving image's own gradient
+    assert forward is not None and backward is not None and not torch.equal(forward, backward)
+    made.clear()
+    idir_fast.register_many([pair, pair], **kw)
+    assert made and all(x is None for w in made for x in w)  # uniform: no weights at all

@@ -33,7 +33,7 @@ _STATUS_ONE = {"cohort": "1 some pairs failed or diverged (the count is printed 
                "doctor": "1 a check failed (the report names it)"}
 # the statuses each command can end with (1 means something else to cohort and doctor; the others never return it)
 _COMMAND_STATUSES = {"register": (0, 2, 3, 4), "apply": (0, 2, 4), "demo": (0, 2, 3, 4), "report": (0, 2, 4),
-                     "dirlab": (0, 2, 3, 4), "cohort": (0, 1, 2, 4), "doctor": (0, 1, 2, 4), "bench": (0, 2)}
+                     "dirlab": (0, 2, 3, 4), "cohort": (0, 1, 2, 4), "doctor": (0, 1, 2, 4), "bench": (0, 2, 4)}
 
 
 def exit_status_help(command: Optional[str] = None) -> str:

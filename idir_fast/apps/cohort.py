@@ -149,6 +149,11 @@ def read_manifest(path: Union[str, os.PathLike]) -> List[Pair]:
 
 
 # ------------------------------------------------------------------------------------------------ settings hash
+#: settings added after cohort folders existed, with the value that gives the results made before them: left out of
+#: the fingerprint at that value, so those folders still resume
+ADDED_SETTINGS = {"sampling": "uniform"}
+
+
 def settings_fingerprint(settings: RunSettings) -> dict:
     """The settings a pair's result depends on, as requested (derived values left as "derived"): every field
     except the device and the thread count (results do not depend on it), so a rerun on another machine or with
@@ -159,6 +164,9 @@ def settings_fingerprint(settings: RunSettings) -> dict:
     d.pop("device", None)
     d.pop("threads", None)
     d.pop("memory_check", None)
+    for name, before in ADDED_SETTINGS.items():
+        if d.get(name) == before:
+            d.pop(name)
     d["schedule_profiles"] = schedule_fingerprint(settings.schedule_name)
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
@@ -381,7 +389,8 @@ def pair_memory(pair: Pair, settings: RunSettings) -> Optional[int]:
     peaks = [memory.host_peak(memory.run_bytes(mask_points=sizes[0], fixed_voxels=sizes[0], moving_voxels=sizes[1],
                                                batch=r.batch_size, hidden=r.hidden, order=r.order,
                                                dtype_bytes=torch.tensor([], dtype=r.dtype).element_size(),
-                                               device=r.torch_device, symmetric=r.symmetric), r.torch_device)
+                                               device=r.torch_device, symmetric=r.symmetric,
+                                               sampling=r.sampling), r.torch_device)
              for r in runs]
     return max(peaks) + WORKER_OVERHEAD_BYTES
 

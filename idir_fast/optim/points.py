@@ -91,7 +91,7 @@ class PointSampler:
                     or not float(w.sum()) > 0:
                 raise ValueError("PointSampler: weights must be (M,), finite, ≥ 0 and not all 0")
             cdf = torch.cumsum(w.to(device=device, dtype=torch.float64), 0)
-            self.cdfs.append(cdf / cdf[-1])
+            self.cdfs.append(cdf.div_(float(cdf[-1])))  # construction only: the steps never read the host
         self.full = [p.shape[0] == self.batch and cdf is None for p, cdf in zip(self.points, self.cdfs)]
         self.windows = [p.shape[0] // self.batch for p in self.points]  # windows per pass over the mask
         self.generators, self.perms = [], []
@@ -100,6 +100,9 @@ class PointSampler:
             g.manual_seed(int(seed))
             self.generators.append(g)
             self.perms.append(None if full else torch.empty(p.shape[0], dtype=torch.long, device=device))
+        # a pass's uniform draws, made once: a pass then allocates nothing
+        self.draws = [None if cdf is None else torch.empty(cdf.shape[0], dtype=torch.float64, device=device)
+                      for cdf in self.cdfs]
         self.offsets = torch.zeros(len(self.points), dtype=torch.long, device=device)
         self.arange = torch.arange(self.batch, dtype=torch.long, device=device)
         self._epoch = 0
@@ -111,9 +114,11 @@ class PointSampler:
                 g, cdf = self.generators[i], self.cdfs[i]
                 if cdf is None:
                     perm.copy_(torch.randperm(perm.shape[0], generator=g, device=perm.device))
-                else:
-                    u = torch.rand(perm.shape[0], generator=g, device=perm.device, dtype=torch.float64)
-                    perm.copy_(torch.clamp(torch.searchsorted(cdf, u, right=True), max=perm.shape[0] - 1))
+                else:  # inverse CDF: the first point whose cumulative weight exceeds u (zero weights never)
+                    u = self.draws[i]
+                    u.uniform_(generator=g)
+                    torch.searchsorted(cdf, u, right=True, out=perm)
+                    perm.clamp_(max=perm.shape[0] - 1)
                 self.offsets[i].zero_()
         self._epoch += 1
 

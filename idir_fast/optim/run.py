@@ -112,6 +112,7 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
         result = run(step, sampler, stage.epochs, device=device, loop=settings.loop,
                      progress=_stage_label(label, k, stages) if label else None,
                      sync_debug=sync_debug, lr_at=stage.lr_at, stop_rule=rule, governor=governor)
+        sampler = None  # its buffers go before the next stage's are made
         results.append(result)
         record.append({"epochs": stage.epochs, "epochs_run": result.epochs_run, "points": batch,
                        "smoothing_voxels": stage.smoothing, "similarity": stage.similarity,
