@@ -206,3 +206,18 @@ def test_batched_and_symmetric_runs_sample_by_the_gradient_too(tiny_pair, monkey
     made.clear()
     idir_fast.register_many([pair, pair], **kw)
     assert made and all(x is None for w in made for x in w)  # uniform: no weights at all
+
+
+def test_the_memory_estimate_counts_what_gradient_sampling_holds():
+    from idir_fast import memory
+
+    kw = dict(mask_points=10 ** 6, fixed_voxels=2 * 10 ** 6, moving_voxels=2 * 10 ** 6, batch=1500,
+              hidden=(48, 48, 48), order=2, dtype_bytes=4, device="cpu")
+    uniform, gradient = memory.run_bytes(**kw), memory.run_bytes(**kw, sampling="gradient")
+    assert gradient["points"] - uniform["points"] == memory.GRADIENT_SAMPLING_BYTES * 10 ** 6
+    assert {k: v for k, v in gradient.items() if k != "points"} == {k: v for k, v in uniform.items() if k != "points"}
+    # and what it names is what a sampler of that mask holds: cdf, draws and indices, 8 bytes each per point
+    pts = torch.zeros(1000, 3)
+    sampler = PointSampler([pts], [torch.zeros(1000)], 10, seed=0, weights=[torch.ones(1000, dtype=torch.float64)])
+    held = sum(t.numel() * t.element_size() for t in (sampler.cdfs[0], sampler.draws[0], sampler.perms[0]))
+    assert held == 24 * 1000 <= memory.GRADIENT_SAMPLING_BYTES * 1000
