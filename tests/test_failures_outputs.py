@@ -203,6 +203,7 @@ def test_each_command_lists_its_own_exit_statuses(capsys, command, one):
     statuses = " ".join(capsys.readouterr().out.split()).split("exit status:")[1]
     assert ("; 1 " in statuses) == (one is not None) and (one is None or one in statuses)
     assert ("3 the optimisation diverged" in statuses) is False
+    assert ("another cohort run holding the folder" in statuses) == (command == "cohort")
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664)])

@@ -24,8 +24,7 @@ EXIT_OUTPUT = 4
 _STATUS_TEXT = {
     EXIT_OK: "0 done",
     EXIT_INPUT: "2 usage or input error (a bad option or value, a missing, unreadable or corrupt input, an unusable "
-                "output place, not enough memory, another cohort run holding the folder), reported before any work "
-                "where it can be",
+                "output place, not enough memory{lock}), reported before any work where it can be",
     EXIT_DIVERGED: "3 the optimisation diverged (non-finite loss)",
     EXIT_OUTPUT: "4 an output could not be written (disk full, I/O error): the previous outputs of that name are kept",
 }
@@ -45,7 +44,8 @@ def exit_status_help(command: Optional[str] = None) -> str:
             parts.append(_STATUS_ONE[command] if command else
                          "1 cohort: some pairs failed; doctor: a check failed")
         else:
-            parts.append(_STATUS_TEXT[code])
+            lock = ", another cohort run holding the folder" if command in (None, "cohort") else ""
+            parts.append(_STATUS_TEXT[code].format(lock=lock))
     return "exit status: " + "; ".join(parts) + ". Failure behaviour in full: docs/failure-behaviour.md."
 
 
