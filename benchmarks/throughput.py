@@ -11,9 +11,11 @@ Modes (each one command, a fresh process tree, the wall time of the whole job):
 
 * ``cohort`` — ``idir-fast cohort`` with no thread flags (the package's plan: workers × threads);
 * ``cohort-WxT`` — ``idir-fast cohort --workers W --threads T`` for every W·T ≤ the usable cores;
-* ``cohort-jacobian``, ``cohort-hyperelastic``, ``cohort-ncc``, ``cohort-gradient``, ``cohort-jacobian-gradient``
-  — ``cohort`` with ``--regularizer jacobian``, ``--regularizer hyperelastic``, ``--similarity ncc``,
-  ``--sampling gradient`` or both of jacobian and gradient (:data:`COHORT_SETTINGS`);
+* ``cohort-jacobian``, ``cohort-hyperelastic``, ``cohort-ncc``, ``cohort-gradient``, ``cohort-jacobian-gradient``,
+  ``cohort-share``, ``cohort-share-gradient`` — ``cohort`` with ``--regularizer jacobian``, ``--regularizer
+  hyperelastic``, ``--similarity ncc``, ``--sampling gradient``, both of jacobian and gradient,
+  ``--regularizer-share 0.3333`` (the bending energy at a third of each step's points), or that and gradient
+  sampling (:data:`COHORT_SETTINGS`);
 * ``cohort-passive`` — ``cohort`` with ``OMP_WAIT_POLICY=passive`` (OpenMP's threads sleep instead of spinning
   while they wait: the runtime's other wait policy, settable only before the process starts);
 * ``baseline`` — ``idir-fast cohort`` of another source tree (``--baseline``: e.g. a worktree of an earlier
@@ -194,7 +196,9 @@ COHORT_SETTINGS = {"cohort-jacobian": ("--regularizer", "jacobian"),
                    "cohort-hyperelastic": ("--regularizer", "hyperelastic"),
                    "cohort-ncc": ("--similarity", "ncc"),
                    "cohort-gradient": ("--sampling", "gradient"),
-                   "cohort-jacobian-gradient": ("--regularizer", "jacobian", "--sampling", "gradient")}
+                   "cohort-jacobian-gradient": ("--regularizer", "jacobian", "--sampling", "gradient"),
+                   "cohort-share": ("--regularizer-share", "0.3333"),
+                   "cohort-share-gradient": ("--regularizer-share", "0.3333", "--sampling", "gradient")}
 """The ``cohort-<setting>`` modes: ``idir-fast cohort`` with no thread flags and these flags added."""
 
 

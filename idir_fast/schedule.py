@@ -110,7 +110,8 @@ class Profile:
     lncc_spacing: float = 2.0
     regularizers: Dict[str, Dict[str, float]] = field(default_factory=dict)
     """Per regulariser, what differs from the profile for it: ``alpha`` (its weight under this schedule, instead
-    of the compat table's), ``omega``, ``tol`` (its stopping rule)."""
+    of the compat table's), ``omega``, ``tol`` (its stopping rule), ``regularizer_share`` (the share of each
+    step's points it is evaluated at; 1 otherwise)."""
     probe: Optional[Probe] = None
     """When set, the run may switch to a finer schedule after the probe's stage (:class:`Probe`)."""
     fold_guard: float = 0.0

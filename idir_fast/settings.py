@@ -78,6 +78,13 @@ class RunSettings:
                                             "from idir_fast.schedule; the report records the one used)",
                                       check=lambda v: _number(v, "alpha", "a finite number ≥ 0", lambda x: x >= 0),
                                       parse=float, shown="derived")
+    regularizer_share: Optional[float] = _setting(
+        None, "share of each step's points at which the regulariser (and the fold guard) is evaluated, 0 < s ≤ 1: "
+        "the first s·B of the step's random batch of B; the similarity uses all B. Below 1 the regulariser's "
+        "derivative streams (bending's 10 per point) pass through fewer points: a third takes ~0.8× the time on "
+        "one CPU thread, for a slightly higher TRE (docs/measurements.md) (default: 1, every point, as the paper)",
+        parse=float, shown="derived",
+        check=lambda v: _number(v, "regularizer_share", "a number in (0, 1]", lambda x: 0 < x <= 1))
     fold_guard: Optional[float] = _setting(
         None, "weight of the fold guard, mean max(0, 0.3 − det J)² added to the loss: it acts only where Φ "
         "shrinks a region below 0.3 of its volume, toward folding (0: off; default: from the schedule — 10 on "
@@ -244,6 +251,8 @@ class RunSettings:
             tol=own.get("tol", profile.tol) if self.tol is None else self.tol,
             alpha=own.get("alpha", self.regularizer_spec.default_alpha(self.compat)) if self.alpha is None
             else self.alpha,
+            regularizer_share=own.get("regularizer_share", 1.0) if self.regularizer_share is None
+            else self.regularizer_share,
             lr=self.lr or compat.lr or profile.lr,
             init=self.init or compat.init or profile.init,
             normalisation=self.normalisation or compat.normalisation,

@@ -314,7 +314,13 @@ def test_a_setting_added_later_keeps_the_folders_made_before_it_resumable():
     from idir_fast import RunSettings
     from idir_fast.apps.cohort import ADDED_SETTINGS, settings_fingerprint, settings_hash
 
-    assert ADDED_SETTINGS == {"sampling": "uniform"}
-    assert "sampling" not in settings_fingerprint(RunSettings())  # as before the setting existed
+    assert ADDED_SETTINGS == {"sampling": "uniform", "regularizer_share": None}
+    for name in ADDED_SETTINGS:
+        assert name not in settings_fingerprint(RunSettings())  # as before the setting existed
     assert settings_fingerprint(RunSettings(sampling="gradient"))["sampling"] == "gradient"
     assert settings_hash(RunSettings(sampling="gradient")) != settings_hash(RunSettings())
+    assert settings_fingerprint(RunSettings(regularizer_share=0.5))["regularizer_share"] == 0.5
+    assert settings_hash(RunSettings(regularizer_share=0.5)) != settings_hash(RunSettings())
+    # the paper's schedule did not change with it: its folders resume
+    paper = settings_fingerprint(RunSettings(schedule="paper"))
+    assert "regularizer_share" not in paper and paper["schedule_profiles"]["cpu"]["regularizers"] == {}

@@ -150,8 +150,9 @@ def read_manifest(path: Union[str, os.PathLike]) -> List[Pair]:
 
 # ------------------------------------------------------------------------------------------------ settings hash
 #: settings added after cohort folders existed, with the value that gives the results made before them: left out of
-#: the fingerprint at that value, so those folders still resume
-ADDED_SETTINGS = {"sampling": "uniform"}
+#: the fingerprint at that value, so those folders still resume (``regularizer_share`` unset: the schedule's, whose
+#: own change the schedule's fingerprint carries)
+ADDED_SETTINGS = {"sampling": "uniform", "regularizer_share": None}
 
 
 def settings_fingerprint(settings: RunSettings) -> dict:

@@ -16,7 +16,7 @@ from .loop import LoopResult, run
 from .points import PointSampler
 from ..schedule import ConvergenceRule, Probe
 from .prepare import PreparedPair
-from .step import HISTORY_TERMS, BatchedStep, PairStep, SymmetricStep
+from .step import HISTORY_TERMS, BatchedStep, PairStep, SymmetricStep, regularizer_points
 
 
 @dataclass
@@ -117,6 +117,7 @@ def optimise(pairs: Sequence[PreparedPair], settings: RunSettings, progress: boo
         record.append({"epochs": stage.epochs, "epochs_run": result.epochs_run, "points": batch,
                        "smoothing_voxels": stage.smoothing, "similarity": stage.similarity,
                        "sampling": stage.sampling, "lr": stage.lr,
+                       "regularizer_points": regularizer_points(batch, settings.regularizer_share or 1.0),
                        "seconds": result.seconds,
                        "stopped_early": result.epochs_run < stage.epochs})
         if probe is not None and k == probe.stage and stage.similarity == "ncc":

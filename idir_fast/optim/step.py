@@ -29,6 +29,31 @@ from .prepare import PreparedPair
 HISTORY_TERMS = ("loss", "similarity", "regularization")
 
 
+def regularizer_points(batch: int, share: float) -> int:
+    """Points of a step's batch of ``batch`` at which the regulariser is evaluated (``RunSettings.regularizer_share``):
+    the first ``round(share · batch)``, at least one. The batch is a random draw from the mask, so its head is one
+    too: the regulariser's mean over it estimates the same expectation over the mask, from fewer points."""
+    return batch if share >= 1.0 else max(1, min(batch, int(round(batch * share))))
+
+
+def similarity_order(similarity: str) -> int:
+    """Derivative order of Φ a similarity needs at every point: 1 with the local NCC (its neighbourhoods follow
+    Φ's Jacobian), else 0."""
+    return 1 if "lncc" in similarity else 0
+
+
+def head(d: Derivatives, k: int) -> Derivatives:
+    """The derivatives at the first ``k`` points."""
+    return Derivatives(*(None if t is None else t[:k] for t in d))
+
+
+def joined(first: Derivatives, rest: Derivatives) -> Derivatives:
+    """The derivatives at the points of ``first`` then ``rest``: Φ, and J where both have it (the Hessian only
+    ever serves the regulariser, which sees ``first`` alone)."""
+    J = None if first.J is None or rest.J is None else torch.cat([first.J, rest.J])
+    return Derivatives(torch.cat([first.phi, rest.phi]), J, None)
+
+
 @contextlib.contextmanager
 def matmul_precision(precision: str, device: torch.device):
     """cuBLAS may use single-pass TF32 exactly when ``precision == "tf32"`` (the Triton kernels handle
@@ -62,7 +87,10 @@ class _Objective:
         self.lin, self.off = pair.moving_index_affine()
         self.zero = torch.zeros((), dtype=pair.points.dtype, device=pair.points.device)
 
-    def __call__(self, d: Derivatives, f: torch.Tensor, x: torch.Tensor):
+    def __call__(self, d: Derivatives, f: torch.Tensor, x: torch.Tensor, at: Optional[Derivatives] = None):
+        """The terms at points ``x`` with Φ's derivatives ``d`` there; the regulariser and the fold guard at the
+        points of ``at`` (the head of the batch, :func:`regularizer_points`; ``None``: every point)."""
+        at = d if at is None else at
         index = d.phi @ self.lin + self.off
         weights = None
         if self.moving_weights is not None:  # only points mapped into the moving mask count (a constant weight)
@@ -75,10 +103,10 @@ class _Objective:
         sim = -terms[0] if len(terms) == 1 else -0.5 * (terms[0] + terms[1])
         if self.spec.penalty is None:
             return sim, sim, self.zero
-        reg = self.spec.penalty(d.J, d.H6, self.compat)
+        reg = self.spec.penalty(at.J, at.H6, self.compat)
         loss = sim + self.alpha * reg
         if self.fold_guard:  # only where det J < FOLD_GUARD_DET; the history's R stays the regulariser's own
-            loss = loss + self.fold_guard * fold_guard_penalty(d.J)
+            loss = loss + self.fold_guard * fold_guard_penalty(at.J)
         return loss, sim, reg
 
 
@@ -103,21 +131,42 @@ class PairStep:
         self.backend = self.choice.backend
         self.settings = settings
         self.first_similarity = settings.stages()[0].similarity
-        # the backend's buffers for the large tensors of a step, made once and reused (no per-step allocation)
+        self.share = float(settings.regularizer_share or 1.0)
+        # the backend's buffers for the large tensors of a step, made once and reused (no per-step allocation);
+        # with a regulariser share below 1 another set, per order, for the points only the similarity sees
         self.workspace = self.backend.workspace(siren.hidden, self.order, self.params[0].dtype, self.device,
                                                 settings.cpu_kernels)
+        self._hidden, self._rest_workspaces = siren.hidden, {}
         self.set_pairs([pair])
         self.optimizer = make_adam(self.params, settings.lr, self.device, capturable)
 
     def set_pairs(self, pairs: Sequence[PreparedPair], similarity: Optional[str] = None) -> None:
         """Train on these images with this similarity from now on (a new stage: e.g. less smoothed; ``None``: the
         first stage's); the points stay the same."""
-        self.objective = _Objective(self.settings, self.backend, pairs[0], similarity or self.first_similarity)
+        similarity = similarity or self.first_similarity
+        self.objective = _Objective(self.settings, self.backend, pairs[0], similarity)
+        self.rest_order = min(self.order, similarity_order(similarity))
+        if self.share < 1.0 and self.rest_order < self.order and self.rest_order not in self._rest_workspaces:
+            self._rest_workspaces[self.rest_order] = self.backend.workspace(
+                self._hidden, self.rest_order, self.params[0].dtype, self.device, self.settings.cpu_kernels)
+
+    def _derivatives(self, x: torch.Tensor, order: int, workspace) -> Derivatives:
+        return self.backend.derivatives(self.params, self.omega, x, order, self.precision, workspace=workspace)
 
     def losses(self, x: torch.Tensor, f: torch.Tensor):
-        """``(loss, −NCC, R)`` at points ``x`` ``(B, 3)`` with fixed values ``f`` ``(B,)`` (differentiable)."""
-        d = self.backend.derivatives(self.params, self.omega, x, self.order, self.precision, workspace=self.workspace)
-        return self.objective(d, f, x)
+        """``(loss, −NCC, R)`` at points ``x`` ``(B, 3)`` with fixed values ``f`` ``(B,)`` (differentiable).
+
+        With a regulariser share below 1 the regulariser's order runs through the head of the batch only and the
+        rest carries what the stage's similarity needs (:func:`similarity_order`): one pass of each."""
+        k = regularizer_points(x.shape[0], self.share)
+        if k >= x.shape[0]:
+            return self.objective(self._derivatives(x, self.order, self.workspace), f, x)
+        if self.rest_order >= self.order:  # the similarity needs every stream anyway: one pass
+            d = self._derivatives(x, self.order, self.workspace)
+            return self.objective(d, f, x, head(d, k))
+        at = self._derivatives(x[:k], self.order, self.workspace)
+        rest = self._derivatives(x[k:], self.rest_order, self._rest_workspaces[self.rest_order])
+        return self.objective(joined(at, rest), f, x, at)
 
     def __call__(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         with matmul_precision(self.precision, self.device):
@@ -156,15 +205,35 @@ class BatchedStep:
         self.backend = self.choice.backend
         self.settings = settings
         self.first_similarity = settings.stages()[0].similarity
+        self.share = float(settings.regularizer_share or 1.0)
+        omega = self.omega
+        self._streams_of = {k: vmap(lambda p, x, k=k: siren_streams(p, omega, x, k), in_dims=(0, 0))
+                            for k in range(self.order + 1)}  # per order: the head's and the rest's (PairStep)
+        self._streams = self._streams_of[self.order]
         self.set_pairs(pairs)
-        order, omega = self.order, self.omega
-        self._streams = vmap(lambda p, x: siren_streams(p, omega, x, order), in_dims=(0, 0))
         self.optimizer = make_adam(self.params, settings.lr, self.device, capturable)
 
     def set_pairs(self, pairs: Sequence[PreparedPair], similarity: Optional[str] = None) -> None:
         """Train on these images with this similarity from now on (a new stage); one per pair, in order."""
-        self.objectives = [_Objective(self.settings, self.backend, p, similarity or self.first_similarity)
-                           for p in pairs]
+        similarity = similarity or self.first_similarity
+        self.objectives = [_Objective(self.settings, self.backend, p, similarity) for p in pairs]
+        self.rest_order = min(self.order, similarity_order(similarity))
+
+    def _pair_derivatives(self, x: torch.Tensor):
+        """Per pair ``(derivatives at every point, at the regulariser's points or None)`` and the value streams
+        ``(P, 1, B, 3)``, the batch split as :meth:`PairStep.losses` splits it."""
+        k = regularizer_points(x.shape[1], self.share)
+        if k >= x.shape[1] or self.rest_order >= self.order:
+            u = self._streams(self.params, x)  # (P, S, B, 3)
+            ds = [derivatives_from_streams(x[i], u[i], self.order) for i in range(x.shape[0])]
+            return [(d, None if k >= x.shape[1] else head(d, k)) for d in ds], u[:, :1]
+        u_at = self._streams(self.params, x[:, :k])
+        u_rest = self._streams_of[self.rest_order](self.params, x[:, k:])
+        out = []
+        for i in range(x.shape[0]):
+            at = derivatives_from_streams(x[i, :k], u_at[i], self.order)
+            out.append((joined(at, derivatives_from_streams(x[i, k:], u_rest[i], self.rest_order)), at))
+        return out, torch.cat([u_at[:, :1], u_rest[:, :1]], dim=2)
 
     def pair_parameters(self, i: int) -> List[torch.Tensor]:
         """Pair ``i``'s parameters (detached views)."""
@@ -172,10 +241,10 @@ class BatchedStep:
 
     def __call__(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         with matmul_precision(self.precision, self.device):
-            u = self._streams(self.params, x)  # (P, S, B, 3)
-            losses = [objective(derivatives_from_streams(x[i], u[i], self.order), f[i], x[i])
-                      for i, objective in enumerate(self.objectives)]
-            extra = self.coupling(x, u)
+            derivs, values = self._pair_derivatives(x)
+            losses = [objective(d, f[i], x[i], at)
+                      for i, (objective, (d, at)) in enumerate(zip(self.objectives, derivs))]
+            extra = self.coupling(x, values)
             total = sum(loss for loss, _, _ in losses) + (0.0 if extra is None else extra.sum())
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -185,7 +254,8 @@ class BatchedStep:
         return torch.stack(rows)
 
     def coupling(self, x: torch.Tensor, u: torch.Tensor) -> Optional[torch.Tensor]:
-        """Terms that couple the pairs' networks, one per pair ``(P,)`` (none here; see :class:`SymmetricStep`)."""
+        """Terms that couple the pairs' networks, one per pair ``(P,)``, from the points ``x`` ``(P, B, 3)`` and the
+        value streams ``u`` ``(P, 1, B, 3)`` (none here; see :class:`SymmetricStep`)."""
         return None
 
 
@@ -223,4 +293,5 @@ class SymmetricStep(BatchedStep):
         return self.alpha_cycle * torch.stack([(e0 * e0).sum(-1).mean(), (e1 * e1).sum(-1).mean()])
 
 
-__all__ = ["PairStep", "BatchedStep", "SymmetricStep", "HISTORY_TERMS", "make_adam", "matmul_precision"]
+__all__ = ["PairStep", "BatchedStep", "SymmetricStep", "HISTORY_TERMS", "make_adam", "matmul_precision",
+           "regularizer_points", "similarity_order"]
